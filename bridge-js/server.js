@@ -1,0 +1,269 @@
+#!/usr/bin/env node
+// hive-bridge server: PGlite behind our own PostgreSQL wire-protocol front end. See README.md for the
+// contract with the Python supervisor (arguments, the JSON ready/error line, lifetime, admin endpoint).
+import net from 'node:net';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { Backend } from './src/backend.js';
+import { Scheduler } from './src/scheduler.js';
+import { Session } from './src/session.js';
+import { ScramVerifier } from './src/scram.js';
+import { startAdmin } from './src/admin.js';
+import { createLogger, LOG_LEVELS } from './src/log.js';
+import { StartError, verifyLock, checkDataDir, clearCrashLeftovers } from './src/datadir.js';
+
+const POSTGRES_MAJOR = 18;
+
+function emit(obj) {
+  process.stdout.write(`${JSON.stringify(obj)}\n`);
+}
+
+function fail(code, message, hint, exitCode = 1) {
+  emit({ event: 'error', code, message, hint: hint ?? null });
+  process.exit(exitCode);
+}
+
+function intArg(values, name, dflt, min = -1) {
+  const raw = values[name];
+  if (raw === undefined) return dflt;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw new StartError('bad_args', `--${name} must be an integer >= ${min}, got "${raw}"`);
+  return n;
+}
+
+function parseOptions(argv) {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      'data-dir': { type: 'string' },
+      memory: { type: 'boolean', default: false },
+      host: { type: 'string', default: '127.0.0.1' },
+      port: { type: 'string', default: '0' },
+      extensions: { type: 'string', default: 'vector' },
+      'log-level': { type: 'string', default: 'info' },
+      'lock-fd': { type: 'string' },
+      'no-lock': { type: 'boolean', default: false },
+      'password-file': { type: 'string' },
+      'admin-port': { type: 'string', default: '0' },
+      'max-connections': { type: 'string' },
+      'queue-timeout-ms': { type: 'string' },
+      'idle-in-transaction-timeout-ms': { type: 'string' },
+      'startup-timeout-ms': { type: 'string' },
+      'allow-remote': { type: 'boolean', default: false },
+      'pg-option': { type: 'string', multiple: true, default: [] },
+    },
+    strict: true,
+  });
+  if (!values.memory && !values['data-dir']) throw new StartError('bad_args', 'one of --data-dir PATH or --memory is required');
+  if (values.memory && values['data-dir']) throw new StartError('bad_args', '--data-dir and --memory exclude each other');
+  if (!LOG_LEVELS.includes(values['log-level'])) throw new StartError('bad_args', `--log-level must be one of ${LOG_LEVELS.join(', ')}`);
+  const host = values.host;
+  const loopback = host === 'localhost' || host === '::1' || /^127\./.test(host);
+  if (!loopback && !values['allow-remote']) {
+    throw new StartError('bad_args', `refusing to listen on non-loopback host ${host}`, 'pass --allow-remote (HIVE_BRIDGE_ALLOW_REMOTE=1) if you really mean to expose the database');
+  }
+  const opts = {
+    dataDir: values.memory ? undefined : path.resolve(values['data-dir']),
+    memory: values.memory,
+    host,
+    port: intArg(values, 'port', 0, 0),
+    adminPort: intArg(values, 'admin-port', 0),
+    extensions: values.extensions.split(',').map((e) => e.trim()).filter(Boolean),
+    logLevel: values['log-level'],
+    lockFd: values['lock-fd'] === undefined ? null : intArg(values, 'lock-fd', null, 0),
+    noLock: values['no-lock'],
+    passwordFile: values['password-file'],
+    maxConnections: intArg(values, 'max-connections', 100, 1),
+    queueTimeoutMs: intArg(values, 'queue-timeout-ms', 30000, 0),
+    idleInTransactionTimeoutMs: intArg(values, 'idle-in-transaction-timeout-ms', 60000, 0),
+    startupTimeoutMs: intArg(values, 'startup-timeout-ms', 10000, 0),
+    maxQueuedBytes: 16 << 20,
+    maxCopyBytes: 1 << 30,
+    pgOptions: values['pg-option'],
+  };
+  if (opts.port > 65535) throw new StartError('bad_args', `--port ${opts.port} is out of range`);
+  for (const o of opts.pgOptions) if (!/^[a-z_.]+=.+$/i.test(o)) throw new StartError('bad_args', `--pg-option must look like name=value, got "${o}"`);
+  return opts;
+}
+
+class Server {
+  constructor(opts, log) {
+    this.opts = opts;
+    this.log = log;
+    this.state = 'starting';
+    this.startedAt = Date.now();
+    this.sessions = new Map(); // pid -> Session
+    this.pendingSockets = [];
+    this.nextId = 1;
+    this.stats = { connections: 0, messages: 0, queries: 0 };
+    this.verifier = null;
+    this.backend = null;
+    this.scheduler = null;
+    this.info = null;
+  }
+
+  async start() {
+    const { opts, log } = this;
+    if (opts.passwordFile) {
+      let pw;
+      try {
+        pw = fs.readFileSync(opts.passwordFile, 'utf8').trim();
+      } catch (err) {
+        throw new StartError('bad_args', `cannot read --password-file ${opts.passwordFile}: ${err.message}`);
+      }
+      if (!pw) throw new StartError('bad_args', `--password-file ${opts.passwordFile} is empty`);
+      this.verifier = new ScramVerifier(pw);
+    }
+    if (opts.dataDir) {
+      if (opts.lockFd !== null) verifyLock(opts.lockFd);
+      else if (!opts.noLock) {
+        throw new StartError('lock_required', `refusing to open ${opts.dataDir} without the data-dir lock`, 'start it with hive-bridge (which passes --lock-fd), or pass --no-lock if you are sure nothing else uses it');
+      }
+      const { exists } = checkDataDir(opts.dataDir, POSTGRES_MAJOR);
+      if (exists) clearCrashLeftovers(opts.dataDir, log);
+    }
+
+    // Listen first, so a taken port fails in milliseconds, not after PGlite opened; connections that
+    // arrive before the backend is ready wait, paused.
+    this.net = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    await new Promise((resolve, reject) => {
+      this.net.once('error', (err) => {
+        if (err.code === 'EADDRINUSE') reject(new StartError('port_in_use', `port ${opts.port} on ${opts.host} is already in use`, 'stop what uses it, or use port 0 to let hive-bridge pick a free one'));
+        else if (err.code === 'EADDRNOTAVAIL' || err.code === 'ENOTFOUND') reject(new StartError('bad_args', `cannot listen on host ${opts.host}: ${err.code}`));
+        else reject(err);
+      });
+      this.net.listen(opts.port, opts.host, resolve);
+    });
+    this.net.on('error', (err) => log.error(`listener error: ${err.message}`));
+
+    const t0 = Date.now();
+    const startParams = opts.pgOptions.length ? [...BASE_START_PARAMS, ...opts.pgOptions.flatMap((o) => ['-c', o])] : undefined;
+    this.backend = new Backend({ dataDir: opts.dataDir, extensions: opts.extensions, startParams, log });
+    try {
+      this.info = await this.backend.open();
+    } catch (err) {
+      throw new StartError('open_failed', `PGlite could not open ${opts.dataDir ?? 'the in-memory database'}: ${String(err.message).split('\n')[0]}`,
+        'see the server log above; the data dir was not modified or deleted');
+    }
+    log.info(`PGlite ${this.info.pglite_version} (PostgreSQL ${this.info.postgres_version}) open in ${Date.now() - t0} ms`);
+    this.scheduler = new Scheduler(this);
+    this.admin = opts.adminPort >= 0 ? await startAdmin(this, opts.adminPort) : null;
+    this.state = 'ready';
+    for (const socket of this.pendingSockets.splice(0)) this.attach(socket);
+    const addr = this.net.address();
+    emit({
+      event: 'ready',
+      pid: process.pid,
+      host: opts.host,
+      port: addr.port,
+      admin_port: this.admin ? this.admin.address().port : null,
+      data_dir: opts.dataDir ?? 'memory://',
+      pglite_version: this.info.pglite_version,
+      postgres_version: this.info.postgres_version,
+      extensions: opts.extensions,
+      startup_ms: Date.now() - this.startedAt,
+    });
+  }
+
+  accept(socket) {
+    this.stats.connections += 1;
+    if (this.state === 'ready') this.attach(socket);
+    else if (this.state === 'starting') {
+      socket.pause();
+      this.pendingSockets.push(socket);
+    } else socket.destroy();
+  }
+
+  attach(socket) {
+    if (socket.destroyed) return;
+    const id = this.nextId++;
+    const s = new Session(this, socket, id);
+    this.sessions.set(s.pid, s);
+    socket.resume();
+  }
+
+  cancel(pid, secret) {
+    const s = this.sessions.get(pid);
+    if (!s || s.secret !== secret) {
+      this.log.debug(`cancel request for unknown pid ${pid} ignored`);
+      return;
+    }
+    this.log.debug(`cancel request for client ${s.id}`);
+    this.scheduler.cancel(s);
+  }
+
+  sessionClosed(s) {
+    this.sessions.delete(s.pid);
+    if (this.scheduler) this.scheduler.closed(s);
+  }
+
+  /** Unrecoverable: say why and exit non-zero so the supervisor restarts us. */
+  die(why) {
+    this.log.error(`fatal: ${why}`);
+    process.exit(70);
+  }
+
+  async shutdown(why) {
+    if (this.state === 'stopping') return;
+    const wasReady = this.state === 'ready';
+    this.state = 'stopping';
+    this.log.info(`shutting down: ${why}`);
+    if (this.net) this.net.close();
+    for (const socket of this.pendingSockets.splice(0)) socket.destroy();
+    for (const s of [...this.sessions.values()]) s.fatal('57P01', 'terminating connection due to administrator command');
+    if (wasReady && this.scheduler) {
+      const deadline = Date.now() + 3000;
+      while (this.scheduler.running && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    }
+    if (this.backend) await this.backend.close();
+    this.log.info('stopped');
+    process.exit(0);
+  }
+}
+
+// PGlite's defaults plus nothing of ours yet; --pg-option appends "-c name=value".
+const BASE_START_PARAMS = [
+  '--single', '-F', '-O', '-j',
+  '-c', 'search_path=public', '-c', 'exit_on_error=false', '-c', 'log_checkpoints=false',
+  '-c', 'max_worker_processes=0', '-c', 'max_parallel_workers=0', '-c', 'max_parallel_workers_per_gather=0',
+  '-c', 'io_method=sync', '-c', 'max_parallel_maintenance_workers=0',
+];
+
+async function main() {
+  let opts;
+  try {
+    opts = parseOptions(process.argv.slice(2));
+  } catch (err) {
+    fail('bad_args', err.message, err.hint, 2);
+  }
+  const log = createLogger(opts.logLevel);
+  const server = new Server(opts, log);
+
+  // The parent's lifeline: stdin is a pipe it holds open; EOF means it is gone.
+  try {
+    const st = fs.fstatSync(0);
+    if (st.isFIFO() || st.isSocket()) {
+      process.stdin.on('data', () => {});
+      process.stdin.on('end', () => server.shutdown('stdin closed (the supervising process exited)'));
+      process.stdin.on('error', () => server.shutdown('stdin error'));
+    }
+  } catch {
+    // no stdin at all: nothing to watch
+  }
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(sig, () => server.shutdown(`received ${sig}`));
+
+  try {
+    await server.start();
+  } catch (err) {
+    if (err instanceof StartError) fail(err.code, err.message, err.hint, err.code === 'bad_args' ? 2 : 1);
+    fail('open_failed', String((err && err.stack) || err));
+  }
+}
+
+process.on('uncaughtException', (err) => {
+  process.stderr.write(`ERROR uncaught exception: ${(err && err.stack) || err}\n`);
+  process.exit(70);
+});
+
+main();

@@ -1,0 +1,77 @@
+// Loopback-only HTTP admin endpoint: /health, /stats (JSON), /metrics (Prometheus text). No secrets.
+import http from 'node:http';
+
+export function snapshot(server) {
+  const mem = process.memoryUsage();
+  const sched = server.scheduler;
+  let queued = 0;
+  for (const s of server.sessions.values()) queued += s.inbox.length;
+  return {
+    pid: process.pid,
+    state: server.state,
+    uptime_s: Math.round((Date.now() - server.startedAt) / 100) / 10,
+    connections: server.sessions.size,
+    connections_total: server.stats.connections,
+    waiting: sched ? sched.queue.length : 0,
+    holder: sched && sched.holder ? sched.holder.pid : null,
+    queued_messages: queued,
+    messages: server.stats.messages,
+    queries_served: server.stats.queries,
+    backend_restarts: server.backend ? server.backend.restarts : 0,
+    backend_generation: server.backend ? server.backend.generation : 0,
+    rss_bytes: mem.rss,
+    heap_used_bytes: mem.heapUsed,
+    pglite_version: server.info?.pglite_version ?? null,
+    postgres_version: server.info?.postgres_version ?? null,
+    data_dir: server.opts.dataDir ?? 'memory://',
+  };
+}
+
+function metrics(s) {
+  const lines = [];
+  const add = (name, type, help, value) => {
+    lines.push(`# HELP hive_bridge_${name} ${help}`, `# TYPE hive_bridge_${name} ${type}`, `hive_bridge_${name} ${value}`);
+  };
+  add('up', 'gauge', '1 when the server is ready.', s.state === 'ready' ? 1 : 0);
+  add('uptime_seconds', 'gauge', 'Seconds since the server started.', s.uptime_s);
+  add('connections', 'gauge', 'Open client connections.', s.connections);
+  add('connections_total', 'counter', 'Client connections accepted.', s.connections_total);
+  add('waiting_clients', 'gauge', 'Clients waiting for the backend.', s.waiting);
+  add('queued_messages', 'gauge', 'Protocol messages received and not yet run.', s.queued_messages);
+  add('queries_total', 'counter', 'Statements completed by the backend.', s.queries_served);
+  add('backend_restarts_total', 'counter', 'Times the PGlite backend was restarted (cancel, timeout, failure).', s.backend_restarts);
+  add('rss_bytes', 'gauge', 'Resident set size of the server process.', s.rss_bytes);
+  add('heap_used_bytes', 'gauge', 'V8 heap in use.', s.heap_used_bytes);
+  return `${lines.join('\n')}\n`;
+}
+
+export function startAdmin(server, port) {
+  const httpServer = http.createServer((req, res) => {
+    const url = (req.url || '/').split('?')[0];
+    const s = snapshot(server);
+    if (req.method !== 'GET') {
+      res.writeHead(405).end();
+    } else if (url === '/health') {
+      const ok = s.state === 'ready';
+      res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ status: ok ? 'ok' : s.state, uptime_s: s.uptime_s, pid: s.pid }));
+    } else if (url === '/stats') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(s));
+    } else if (url === '/metrics') {
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+      res.end(metrics(s));
+    } else {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: 'not found', endpoints: ['/health', '/stats', '/metrics'] }));
+    }
+  });
+  return new Promise((resolve, reject) => {
+    httpServer.once('error', reject);
+    httpServer.listen(port, '127.0.0.1', () => {
+      httpServer.removeListener('error', reject);
+      httpServer.unref();
+      resolve(httpServer);
+    });
+  });
+}

@@ -1,0 +1,110 @@
+// The PGlite worker thread. PGlite runs one PostgreSQL backend in single-user mode and blocks its thread
+// while a query runs, so it lives here, off the main thread: the front end stays responsive, timers fire,
+// and a runaway query can be stopped by terminating this worker.
+//
+// Requests and responses travel through shared memory (see channel.js), not postMessage: the main thread
+// writes a request and wakes us with Atomics.notify; we answer in place. postMessage is used only for the
+// one-time "open"/"opened"/"failed" handshake and for log lines.
+import { workerData, parentPort } from 'node:worker_threads';
+import { readFileSync } from 'node:fs';
+import { Channel, OP_EXEC, OP_CLOSE } from './channel.js';
+
+
+async function loadExtensions(names) {
+  const extensions = {};
+  for (const name of names) {
+    if (name === 'vector' || name === 'pgvector') {
+      const mod = await import('@electric-sql/pglite-pgvector');
+      extensions.vector = mod.vector;
+    } else {
+      throw new Error(`unknown extension "${name}" (this bridge bundles: vector)`);
+    }
+  }
+  return extensions;
+}
+
+/** Version of an installed package, read from its package.json next to the resolved entry point. */
+export function packageVersion(name) {
+  const entry = new URL(import.meta.resolve(name));
+  let dir = new URL('.', entry);
+  for (let i = 0; i < 5; i++) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL('package.json', dir), 'utf8'));
+      if (pkg.name === name) return pkg.version;
+    } catch {
+      // not here; go up
+    }
+    dir = new URL('..', dir);
+  }
+  return 'unknown';
+}
+
+async function open() {
+  const { PGlite } = await import('@electric-sql/pglite');
+  const { dataDir, extensions: extNames, startParams } = workerData;
+  const options = { extensions: await loadExtensions(extNames) };
+  if (dataDir) options.dataDir = dataDir;
+  if (startParams && startParams.length) options.startParams = startParams;
+  const db = await PGlite.create(options);
+  const ver = await db.query('SHOW server_version');
+  return {
+    db,
+    info: {
+      pglite_version: packageVersion('@electric-sql/pglite'),
+      postgres_version: ver.rows[0].server_version,
+    },
+  };
+}
+
+async function main() {
+  const channel = Channel.attach(workerData.channel);
+  let db;
+  try {
+    const opened = await open();
+    db = opened.db;
+    parentPort.postMessage({ type: 'opened', ...opened.info });
+  } catch (err) {
+    parentPort.postMessage({ type: 'failed', message: String((err && err.stack) || err) });
+    return;
+  }
+
+  // The response is copied straight from PGlite's output callback into shared memory; this also keeps
+  // PGlite from running its own protocol parser over every byte (what execProtocolRaw does). The callback
+  // installed by execProtocolRawStream stays in place, so from here on execProtocolRawSync uses it and
+  // throws synchronously (execProtocolRawStream is async: its errors would only reject a promise).
+  // syncToFs is a no-op for NodeFS, which writes through; never call db.query() after this point.
+  let outLen = 0;
+  const onRawData = (chunk) => {
+    outLen = channel.writeResponse(chunk, outLen);
+  };
+  await db.execProtocolRawStream(new Uint8Array(0), { syncToFs: false, onRawData });
+
+  for (;;) {
+    channel.waitForRequest();
+    const op = channel.op();
+    if (op === OP_CLOSE) {
+      try {
+        await db.close();
+        channel.respond(0);
+      } catch (err) {
+        channel.fail(String(err));
+      }
+      return;
+    }
+    if (op !== OP_EXEC) {
+      channel.fail(`unknown op ${op}`);
+      continue;
+    }
+    outLen = 0;
+    try {
+      db.execProtocolRawSync(channel.request());
+      channel.respond(outLen);
+    } catch (err) {
+      channel.fail(String((err && err.stack) || err));
+    }
+  }
+}
+
+main().catch((err) => {
+  parentPort.postMessage({ type: 'failed', message: String((err && err.stack) || err) });
+});

@@ -1,0 +1,269 @@
+// PostgreSQL wire protocol v3: framing, the few messages the front end builds, and cheap parsers.
+// Reference: https://www.postgresql.org/docs/current/protocol-message-formats.html
+
+export const SSL_REQUEST = 80877103;
+export const GSSENC_REQUEST = 80877104;
+export const CANCEL_REQUEST = 80877102;
+export const PROTOCOL_3_0 = 196608;
+
+export const MAX_STARTUP_PACKET = 10000; // PostgreSQL's own limit
+export const MAX_MESSAGE_LEN = 1 << 30; // 1 GiB, PostgreSQL's PQ_LARGE_MESSAGE_LIMIT
+
+export class ProtocolError extends Error {
+  constructor(message, code = '08P01') {
+    super(message);
+    this.name = 'ProtocolError';
+    this.code = code;
+  }
+}
+
+// ---- framing ---------------------------------------------------------------------------------------
+
+/**
+ * Accumulates socket chunks and cuts them into messages. Before the startup packet is done, messages
+ * have no type byte (`startup` mode). Each message is { type, buf } where buf is the whole message
+ * including its 5-byte header (type 0 and a 4-byte header for startup packets).
+ */
+export class FrameReader {
+  constructor(maxMessage = MAX_MESSAGE_LEN) {
+    this.buf = null;
+    this.startup = true;
+    this.maxMessage = maxMessage;
+  }
+
+  push(chunk) {
+    this.buf = this.buf && this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+  }
+
+  /** Next complete message, or null. Throws ProtocolError on a malformed length. */
+  next() {
+    const buf = this.buf;
+    if (!buf) return null;
+    if (this.startup) {
+      if (buf.length < 4) return null;
+      const len = buf.readInt32BE(0);
+      if (len < 8 || len > MAX_STARTUP_PACKET) throw new ProtocolError(`invalid length of startup packet (${len})`);
+      if (buf.length < len) return null;
+      const msg = { type: 0, buf: buf.subarray(0, len) };
+      this.buf = buf.subarray(len);
+      return msg;
+    }
+    if (buf.length < 5) return null;
+    const len = buf.readInt32BE(1);
+    if (len < 4 || len > this.maxMessage) {
+      throw new ProtocolError(`invalid message length ${len} for message type "${String.fromCharCode(buf[0])}"`);
+    }
+    if (buf.length < len + 1) return null;
+    const msg = { type: buf[0], buf: buf.subarray(0, len + 1) };
+    this.buf = buf.subarray(len + 1);
+    return msg;
+  }
+
+  /** Bytes of a message still being received (for limits on what one client may buffer). */
+  pending() {
+    return this.buf ? this.buf.length : 0;
+  }
+}
+
+// ---- builders ----------------------------------------------------------------------------------------
+
+function msg(type, body) {
+  const out = Buffer.allocUnsafe(body.length + 5);
+  out[0] = type;
+  out.writeInt32BE(body.length + 4, 1);
+  body.copy(out, 5);
+  return out;
+}
+
+function cstr(s) {
+  return Buffer.from(`${s}\0`, 'utf8');
+}
+
+function int32(n) {
+  const b = Buffer.allocUnsafe(4);
+  b.writeInt32BE(n, 0);
+  return b;
+}
+
+function int16(n) {
+  const b = Buffer.allocUnsafe(2);
+  b.writeInt16BE(n, 0);
+  return b;
+}
+
+export const authOk = () => msg(0x52, int32(0));
+export const authSASL = (mechanisms) => msg(0x52, Buffer.concat([int32(10), ...mechanisms.map(cstr), Buffer.from([0])]));
+export const authSASLContinue = (data) => msg(0x52, Buffer.concat([int32(11), Buffer.from(data, 'utf8')]));
+export const authSASLFinal = (data) => msg(0x52, Buffer.concat([int32(12), Buffer.from(data, 'utf8')]));
+export const parameterStatus = (name, value) => msg(0x53, Buffer.concat([cstr(name), cstr(value)]));
+export function backendKeyData(pid, secret) {
+  const body = Buffer.allocUnsafe(8);
+  body.writeInt32BE(pid, 0);
+  body.writeUInt32BE(secret, 4);
+  return msg(0x4b, body);
+}
+export const readyForQuery = (status) => msg(0x5a, Buffer.from(status, 'latin1'));
+export const commandComplete = (tag) => msg(0x43, cstr(tag));
+export const negotiateProtocolVersion = (minor, unsupported) =>
+  msg(0x76, Buffer.concat([int32(minor), int32(unsupported.length), ...unsupported.map(cstr)]));
+
+/** CopyInResponse: overall format (0 text, 1 binary) and per-column formats. */
+export function copyInResponse(format, columns = 0) {
+  const parts = [Buffer.from([format]), int16(columns)];
+  for (let i = 0; i < columns; i++) parts.push(int16(format));
+  return msg(0x47, Buffer.concat(parts));
+}
+
+/** ErrorResponse ('E') or, with notice=true, NoticeResponse ('N'). */
+export function errorResponse({ severity = 'ERROR', code, message, detail, hint }, notice = false) {
+  const parts = [cstr(`S${severity}`), cstr(`V${severity}`), cstr(`C${code}`), cstr(`M${message}`)];
+  if (detail) parts.push(cstr(`D${detail}`));
+  if (hint) parts.push(cstr(`H${hint}`));
+  parts.push(Buffer.from([0]));
+  return msg(notice ? 0x4e : 0x45, Buffer.concat(parts));
+}
+
+export const query = (sql) => msg(0x51, cstr(sql));
+export const sync = () => msg(0x53, Buffer.alloc(0));
+export const flush = () => msg(0x48, Buffer.alloc(0));
+export const closeStatement = (name) => msg(0x43, Buffer.concat([Buffer.from('S'), cstr(name)]));
+
+export function startupMessage(params) {
+  const parts = [int32(PROTOCOL_3_0)];
+  for (const [k, v] of Object.entries(params)) parts.push(cstr(k), cstr(v));
+  parts.push(Buffer.from([0]));
+  const body = Buffer.concat(parts);
+  return Buffer.concat([int32(body.length + 4), body]);
+}
+
+// ---- parsers: frontend messages --------------------------------------------------------------------
+
+/** Read a NUL-terminated string at `pos`; returns [string, next position]. */
+export function readCString(buf, pos) {
+  const end = buf.indexOf(0, pos);
+  if (end < 0) throw new ProtocolError('invalid string in message');
+  return [buf.toString('utf8', pos, end), end + 1];
+}
+
+/** Parse a startup packet (length + code + key/value pairs) into { code, params } or { code, pid, secret }. */
+export function parseStartup(buf) {
+  const code = buf.readInt32BE(4);
+  if (code === CANCEL_REQUEST) {
+    if (buf.length < 16) throw new ProtocolError('invalid cancel request');
+    return { code, pid: buf.readInt32BE(8), secret: buf.readUInt32BE(12) };
+  }
+  const params = {};
+  let pos = 8;
+  if (code !== SSL_REQUEST && code !== GSSENC_REQUEST) {
+    while (pos < buf.length && buf[pos] !== 0) {
+      let key;
+      let value;
+      [key, pos] = readCString(buf, pos);
+      if (pos >= buf.length) throw new ProtocolError(`invalid startup packet layout: missing value for "${key}"`);
+      [value, pos] = readCString(buf, pos);
+      params[key] = value;
+    }
+  }
+  return { code, params };
+}
+
+/** Statement or portal name fields of P/B/D/C/E messages, with their byte ranges for rewriting. */
+export function parseNameAt(buf, pos) {
+  const end = buf.indexOf(0, pos);
+  if (end < 0 || end >= buf.length) throw new ProtocolError('invalid string in message');
+  return { name: buf.toString('utf8', pos, end), start: pos, end };
+}
+
+/** Replace the byte range [start, end) of a message with `name` and fix the length header. */
+export function replaceRange(buf, start, end, name) {
+  const rep = Buffer.from(name, 'utf8');
+  const out = Buffer.allocUnsafe(buf.length - (end - start) + rep.length);
+  buf.copy(out, 0, 0, start);
+  rep.copy(out, start);
+  buf.copy(out, start + rep.length, end);
+  out.writeInt32BE(out.length - 1, 1);
+  return out;
+}
+
+// ---- parsers: backend messages ---------------------------------------------------------------------
+
+/** Call fn(type, start, end) for each backend message in buf (end exclusive, start at the type byte). */
+export function eachMessage(buf, fn) {
+  let pos = 0;
+  while (pos + 5 <= buf.length) {
+    const end = pos + 1 + buf.readInt32BE(pos + 1);
+    if (end > buf.length) break;
+    if (fn(buf[pos], pos, end) === false) return;
+    pos = end;
+  }
+}
+
+/** Decode backend messages into small objects (for internal, non-hot-path use). */
+export function parseMessages(buf) {
+  const out = [];
+  eachMessage(buf, (type, start, end) => {
+    const m = { type, start, end };
+    if (type === 0x53) {
+      const [name, p] = readCString(buf, start + 5);
+      [m.value] = readCString(buf, p);
+      m.name = name;
+    } else if (type === 0x5a) {
+      m.status = String.fromCharCode(buf[start + 5]);
+    } else if (type === 0x45 || type === 0x4e) {
+      m.fields = errorFields(buf, start, end);
+    } else if (type === 0x43) {
+      [m.tag] = readCString(buf, start + 5);
+    } else if (type === 0x44) {
+      m.values = dataRowValues(buf, start, end);
+    }
+    out.push(m);
+  });
+  return out;
+}
+
+export function errorFields(buf, start, end) {
+  const fields = {};
+  let pos = start + 5;
+  while (pos < end && buf[pos] !== 0) {
+    const key = String.fromCharCode(buf[pos]);
+    const [value, next] = readCString(buf, pos + 1);
+    fields[key] = value;
+    pos = next;
+  }
+  return fields;
+}
+
+export function dataRowValues(buf, start) {
+  const n = buf.readInt16BE(start + 5);
+  const values = [];
+  let pos = start + 7;
+  for (let i = 0; i < n; i++) {
+    const len = buf.readInt32BE(pos);
+    pos += 4;
+    if (len < 0) values.push(null);
+    else {
+      values.push(buf.toString('utf8', pos, pos + len));
+      pos += len;
+    }
+  }
+  return values;
+}
+
+/** Notification ('A'): { pid, channel, payload }. */
+export function parseNotification(buf, start) {
+  const pid = buf.readInt32BE(start + 5);
+  const [channel, p] = readCString(buf, start + 9);
+  const [payload] = readCString(buf, p);
+  return { pid, channel, payload };
+}
+
+export function notification(pid, channel, payload) {
+  return msg(0x41, Buffer.concat([int32(pid), cstr(channel), cstr(payload)]));
+}
+
+export function rebuildError(type, fields) {
+  const parts = [];
+  for (const [k, v] of Object.entries(fields)) parts.push(Buffer.from(k, 'latin1'), cstr(v));
+  parts.push(Buffer.from([0]));
+  return msg(type, Buffer.concat(parts));
+}
