@@ -1,0 +1,301 @@
+"""Is the Node server really up? One deadline, three checks, polled every ~15 ms.
+
+Before every probe: did the child die? (then raise with its exit status, its error JSON and the log
+tail). Then: has it printed ``{"event":"ready",…}`` (read from this spawn's offset in the log)? Then:
+does ``SELECT 1`` through the wire answer? :func:`ping` is also the supervisor's health check, so it
+is built to never hang: its own event loop, ``wait_for`` around connect and query, ``terminate()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+
+from .errors import BridgeStartError, PortInUseError, display_path
+from .process import NodeProcess, read_log_tail
+
+__all__ = [
+    "NON_RETRYABLE_CODES",
+    "ReadyInfo",
+    "StartCancelled",
+    "parse_events",
+    "ping",
+    "wait_ready",
+]
+
+log = logging.getLogger("hive_bridge.readiness")
+
+POLL_INTERVAL = 0.015
+#: node error codes a retry cannot fix (see bridge-js/README.md)
+NON_RETRYABLE_CODES = frozenset(
+    {"bad_args", "data_dir_invalid", "lock_required", "version_mismatch"}
+)
+
+_REASONS = {
+    "bad_args": "the server rejected its command line",
+    "port_in_use": "the port is already in use",
+    "data_dir_invalid": "the data dir cannot be used",
+    "lock_required": "the server does not hold the data dir lock",
+    "version_mismatch": "the data dir was written by another PGlite version",
+    "open_failed": "PGlite could not open the database",
+}
+_FIXES = {
+    "version_mismatch": (
+        "open it with the PGlite version that created it and dump it (pg_dump), then restore the "
+        "dump into a fresh data dir; or move the data dir away to start empty"
+    ),
+}
+
+
+class StartCancelled(Exception):
+    """The start was abandoned because a stop was requested."""
+
+
+@dataclass(frozen=True)
+class ReadyInfo:
+    """The server's ready line, as parsed."""
+
+    pid: int
+    host: str
+    port: int
+    admin_port: int | None
+    pglite_version: str | None
+    postgres_version: str | None
+    extensions: tuple[str, ...]
+    startup_ms: float | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> ReadyInfo:
+        admin = event.get("admin_port")
+        startup = event.get("startup_ms")
+        return cls(
+            pid=int(event.get("pid") or 0),
+            host=str(event.get("host") or "127.0.0.1"),
+            port=int(event["port"]),
+            admin_port=int(admin) if isinstance(admin, int) and admin > 0 else None,
+            pglite_version=_opt_str(event.get("pglite_version")),
+            postgres_version=_opt_str(event.get("postgres_version")),
+            extensions=tuple(str(e) for e in event.get("extensions") or ()),
+            startup_ms=float(startup) if isinstance(startup, int | float) else None,
+            raw=event,
+        )
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def parse_events(text: str) -> list[dict[str, Any]]:
+    """The ``{"event": …}`` JSON lines in server output (other lines are ignored)."""
+    events: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("event"), str):
+            events.append(obj)
+    return events
+
+
+# ------------------------------------------------------------------------------------ ping
+
+
+def _connect_params(dsn: str) -> dict[str, Any]:
+    parts = urlsplit(dsn)
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 5432,
+        "user": unquote(parts.username or "postgres"),
+        "password": unquote(parts.password) if parts.password else None,
+        "database": unquote(parts.path.lstrip("/")) or "postgres",
+        "ssl": False,
+    }
+
+
+async def _ping(params: dict[str, Any], timeout: float) -> float:
+    start = time.monotonic()
+    conn: Any = None
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(timeout=timeout, **params), timeout)
+        connected = time.monotonic()
+        remaining = max(0.05, timeout - (connected - start))
+        await asyncio.wait_for(conn.execute("SELECT 1"), remaining)
+        done = time.monotonic()
+        log.debug(
+            "ping %s:%s: connect %.1f ms, SELECT 1 %.1f ms",
+            params["host"],
+            params["port"],
+            (connected - start) * 1000,
+            (done - connected) * 1000,
+        )
+        return done - start
+    finally:
+        if conn is not None:
+            conn.terminate()
+
+
+def _run_private_loop(params: dict[str, Any], timeout: float) -> float:
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_ping(params, timeout))
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+def ping(dsn: str, timeout: float = 2.0) -> float:
+    """Connect, run ``SELECT 1``, disconnect; return the seconds it took.
+
+    Raises whatever failed (``TimeoutError``, ``OSError``, an asyncpg error). Works from any thread,
+    also one running an event loop (it then uses a helper thread), and never blocks much longer than
+    ``timeout``.
+    """
+    params = _connect_params(dsn)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_private_loop(params, timeout)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hive-bridge-ping") as pool:
+        return pool.submit(_run_private_loop, params, timeout).result()
+
+
+# ------------------------------------------------------------------------------- readiness
+
+
+def start_error(
+    proc: NodeProcess,
+    *,
+    reason: str | None = None,
+    exit_code: int | None = None,
+) -> BridgeStartError:
+    """Build the error for a failed start from the child's exit status, error JSON and log tail."""
+    spec = proc.spec
+    data_dir = display_path(spec.data_dir)
+    tail = read_log_tail(spec.log_path, 40, proc.log_offset)
+    error_event = next(
+        (e for e in reversed(parse_events(proc.read_output())) if e.get("event") == "error"), None
+    )
+    code = _opt_str(error_event.get("code")) if error_event else None
+    message = _opt_str(error_event.get("message")) if error_event else None
+    hint = _opt_str(error_event.get("hint")) if error_event else None
+    if code == "port_in_use":
+        return PortInUseError(
+            data_dir=data_dir,
+            host=spec.host,
+            port=spec.port,
+            log_path=str(spec.log_path),
+            log_tail=tail,
+            exit_code=exit_code,
+            node_message=message,
+        )
+    if reason is None:
+        reason = _REASONS.get(code or "") or (
+            f"the server exited before it was ready (status {exit_code})"
+        )
+    return BridgeStartError(
+        data_dir=data_dir,
+        reason=reason,
+        log_path=str(spec.log_path),
+        log_tail=tail,
+        exit_code=exit_code,
+        code=code,
+        node_message=message,
+        hint=hint,
+        fix=_FIXES.get(code or ""),
+    )
+
+
+def wait_ready(
+    proc: NodeProcess,
+    *,
+    dsn_for: Callable[[str, int], str],
+    deadline: float,
+    cancelled: Callable[[], bool] = lambda: False,
+    poll_interval: float = POLL_INTERVAL,
+) -> ReadyInfo:
+    """Wait until ``proc`` printed its ready line and answers ``SELECT 1``, all before ``deadline``.
+
+    ``deadline`` is a :func:`time.monotonic` value; ``dsn_for(host, port)`` builds the DSN to ping.
+    Raises :class:`BridgeStartError` (or :class:`PortInUseError`) on death or timeout and
+    :class:`StartCancelled` when ``cancelled()`` turns true. The caller kills the child on failure.
+    """
+    start = time.monotonic()
+    ready: ReadyInfo | None = None
+    offset = proc.log_offset
+    pending = b""
+    last_ping_error: BaseException | None = None
+    log.debug("readiness: waiting for pid %d (deadline in %.1fs)", proc.pid, deadline - start)
+    while True:
+        if cancelled():
+            raise StartCancelled()
+        status = proc.poll()
+        if status is not None:
+            log.debug("readiness: pid %d exited with status %s", proc.pid, status)
+            raise start_error(proc, exit_code=status)
+        now = time.monotonic()
+        if now >= deadline:
+            waited = now - start
+            if ready is None:
+                reason = f"it printed no ready line within {waited:.1f}s"
+            else:
+                reason = (
+                    f"it printed its ready line but did not answer SELECT 1 within {waited:.1f}s "
+                    f"(last error: {last_ping_error!r})"
+                )
+            raise start_error(proc, reason=reason)
+        if ready is None:
+            chunk, offset = _read_from(proc.spec.log_path, offset)
+            pending += chunk
+            lines, _, pending = pending.rpartition(b"\n")
+            for event in parse_events(lines.decode("utf-8", "replace")):
+                if event.get("event") == "ready" and "port" in event:
+                    ready = ReadyInfo.from_event(event)
+                    log.debug(
+                        "readiness: ready line after %.0f ms (port %d, admin %s, node startup %s ms)",
+                        (time.monotonic() - start) * 1000,
+                        ready.port,
+                        ready.admin_port,
+                        ready.startup_ms,
+                    )
+                    break
+        if ready is not None:
+            try:
+                took = ping(dsn_for(ready.host, ready.port), min(2.0, max(0.1, deadline - now)))
+            except Exception as exc:  # any failure means "not yet"
+                last_ping_error = exc
+                log.debug("readiness: SELECT 1 not answered yet: %r", exc)
+            else:
+                log.debug(
+                    "readiness: SELECT 1 answered in %.1f ms; ready after %.0f ms",
+                    took * 1000,
+                    (time.monotonic() - start) * 1000,
+                )
+                return ready
+        time.sleep(poll_interval)
+
+
+def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return b"", offset
+    return data, offset + len(data)
