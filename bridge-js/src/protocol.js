@@ -104,6 +104,7 @@ export function backendKeyData(pid, secret) {
 }
 export const readyForQuery = (status) => msg(0x5a, Buffer.from(status, 'latin1'));
 export const commandComplete = (tag) => msg(0x43, cstr(tag));
+export const parseComplete = () => msg(0x31, Buffer.alloc(0));
 export const negotiateProtocolVersion = (minor, unsupported) =>
   msg(0x76, Buffer.concat([int32(minor), int32(unsupported.length), ...unsupported.map(cstr)]));
 

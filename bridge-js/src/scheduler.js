@@ -104,6 +104,49 @@ export class Scheduler {
     s.clearTimer(s.queueTimer);
   }
 
+  /**
+   * A bare prepare (named Parse messages, then Sync) from a client that would have to wait is answered at
+   * once; the statement is prepared on the backend before its first use, like one the backend lost.
+   * Without this, a client that runs many connections in one thread and prepares synchronously (pgbench
+   * -M prepared calls PQprepare) deadlocks: it blocks waiting for the backend while the connection holding
+   * it, inside a transaction, waits for that same thread. The price: an error in such a statement is
+   * reported when it is first executed rather than when it is prepared.
+   */
+  answerBarePrepare(s) {
+    if (this.holder === s || s.queued || s.startupPending || (!this.holder && !this.queue.length)) return false;
+    const msgs = s.inbox;
+    const n = msgs.length;
+    if (n < 2 || msgs[n - 1].type !== SYNC) return false;
+    const names = [];
+    for (let i = 0; i < n - 1; i++) {
+      if (msgs[i].type !== PARSE) return false;
+      const f = P.parseNameAt(msgs[i].buf, 5);
+      if (f.name === '') return false;
+      names.push(f);
+    }
+    const out = [];
+    for (let i = 0; i < names.length; i++) {
+      const f = names[i];
+      if (s.statements.has(f.name)) {
+        out.push(P.errorResponse({ code: '42P05', message: `prepared statement "${f.name}" already exists` }));
+        break;
+      }
+      const buf = msgs[i].buf;
+      const st = s.statementFor(f.name);
+      st.parse = P.replaceRange(buf, f.start, f.end, st.bname);
+      st.gen = 0; // not on the backend yet
+      const sqlEnd = buf.indexOf(0, f.end + 1);
+      st.listen = /^\s*listen\s/i.test(buf.toString('latin1', f.end + 1, Math.min(sqlEnd, f.end + 16)))
+        ? SQL.listenChannel(buf.toString('utf8', f.end + 1, sqlEnd))
+        : null;
+      out.push(P.parseComplete());
+    }
+    out.push(P.readyForQuery(s.txStatus));
+    s.takeInbox(n);
+    s.send(Buffer.concat(out));
+    return true;
+  }
+
   // ---- a turn -----------------------------------------------------------------------------------
 
   async turn(s) {

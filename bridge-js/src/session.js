@@ -134,7 +134,7 @@ export class Session {
       // A client that is not running may not pile up unbounded input while it waits for its turn.
       if (this.scheduler.holder !== this && this.inboxBytes > this.server.opts.maxQueuedBytes) this.socket.pause();
       this.wake();
-      this.scheduler.want(this);
+      if (!this.scheduler.answerBarePrepare(this)) this.scheduler.want(this);
     }
   }
 
