@@ -8,7 +8,6 @@ either process lives.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -54,12 +53,14 @@ class DataDirLock:
         return cls(path, fd)
 
     def release(self) -> None:
-        """Drop the lock (idempotent). Node children holding the same fd keep it until they exit."""
+        """Close our fd (idempotent). A child that inherited it keeps the lock until it exits.
+
+        Deliberately no ``LOCK_UN``: that would unlock the shared open file description, and with
+        it a Node server that might still be running on the data dir.
+        """
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
     def __repr__(self) -> str:
