@@ -36,6 +36,8 @@ __all__ = [
 log = logging.getLogger("hive_bridge.readiness")
 
 POLL_INTERVAL = 0.015
+#: after the ready line, SELECT 1 must answer within this many seconds
+ANSWER_WITHIN = 10.0
 #: node error codes a retry cannot fix (see bridge-js/README.md)
 NON_RETRYABLE_CODES = frozenset(
     {"bad_args", "data_dir_invalid", "lock_required", "version_mismatch"}
@@ -229,15 +231,19 @@ def wait_ready(
     deadline: float,
     cancelled: Callable[[], bool] = lambda: False,
     poll_interval: float = POLL_INTERVAL,
+    answer_within: float = ANSWER_WITHIN,
 ) -> ReadyInfo:
     """Wait until ``proc`` printed its ready line and answers ``SELECT 1``, all before ``deadline``.
 
     ``deadline`` is a :func:`time.monotonic` value; ``dsn_for(host, port)`` builds the DSN to ping.
+    Once the ready line is out, ``SELECT 1`` must answer within ``answer_within`` seconds (a server
+    that listens but does not answer is hung, waiting longer would not help).
     Raises :class:`BridgeStartError` (or :class:`PortInUseError`) on death or timeout and
     :class:`StartCancelled` when ``cancelled()`` turns true. The caller kills the child on failure.
     """
     start = time.monotonic()
     ready: ReadyInfo | None = None
+    ready_at: float | None = None
     offset = proc.log_offset
     pending = b""
     last_ping_error: BaseException | None = None
@@ -250,6 +256,14 @@ def wait_ready(
             log.debug("readiness: pid %d exited with status %s", proc.pid, status)
             raise start_error(proc, exit_code=status)
         now = time.monotonic()
+        if ready_at is not None and now - ready_at >= answer_within:
+            raise start_error(
+                proc,
+                reason=(
+                    f"it printed its ready line but did not answer SELECT 1 within "
+                    f"{answer_within:.1f}s (last error: {last_ping_error!r})"
+                ),
+            )
         if now >= deadline:
             waited = now - start
             if ready is None:
@@ -267,6 +281,7 @@ def wait_ready(
             for event in parse_events(lines.decode("utf-8", "replace")):
                 if event.get("event") == "ready" and "port" in event:
                     ready = ReadyInfo.from_event(event)
+                    ready_at = time.monotonic()
                     log.debug(
                         "readiness: ready line after %.0f ms (port %d, admin %s, node startup %s ms)",
                         (time.monotonic() - start) * 1000,
@@ -277,7 +292,8 @@ def wait_ready(
                     break
         if ready is not None:
             try:
-                took = ping(dsn_for(ready.host, ready.port), min(2.0, max(0.1, deadline - now)))
+                budget = min(2.0, deadline - now, answer_within - (now - (ready_at or now)))
+                took = ping(dsn_for(ready.host, ready.port), max(0.1, budget))
             except Exception as exc:  # any failure means "not yet"
                 last_ping_error = exc
                 log.debug("readiness: SELECT 1 not answered yet: %r", exc)
