@@ -214,11 +214,12 @@ def parse_database_url(url: str, *, cwd: Path | None = None) -> DatabaseTarget:
             raise _url_error(url, "the data directory path is empty")
         if rest in MEMORY_NAMES:
             return DatabaseTarget("pglite", url, None, memory=True)
-        path = Path(rest)
+        normalized = os.path.normpath(rest)
+        if normalized in (".", "..", "/", "//") or normalized.endswith("/.."):
+            raise _url_error(url, "the path names no data directory (it ends in ., .. or /)")
+        path = Path(normalized)
         if not path.is_absolute():
             path = base / path
-        if path.name in ("", ".", "..") or str(path) == "/":
-            raise _url_error(url, "the path names no data directory")
         return DatabaseTarget("pglite", url, Path(os.path.normpath(path)))
 
     if backend == "sqlite":

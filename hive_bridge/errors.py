@@ -286,8 +286,8 @@ class DataDirLockedError(HiveBridgeError):
         return (
             f"hive-bridge: data dir {self.data_dir} is already in use by {owner} "
             f"(lock {self.lock_path}); only one server may open a data dir. "
-            f"See it with: hive-bridge status --data-dir {d}; "
-            f"stop it with: hive-bridge stop --data-dir {d}"
+            f"Fix: use that server (see it with: hive-bridge status --data-dir {d}) "
+            f"or stop it with: hive-bridge stop --data-dir {d}"
         )
 
 
@@ -307,7 +307,7 @@ class BridgeNotRunningError(HiveBridgeError):
         return (
             f"hive-bridge: no server is running for data dir {self.data_dir}{detail}; "
             f"its state file is {self.state_path}. "
-            f"Start one with: hive-bridge start --data-dir {_q(self.data_dir)}"
+            f"Fix: start one with: hive-bridge start --data-dir {_q(self.data_dir)}"
         )
 
 
