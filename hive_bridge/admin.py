@@ -1,0 +1,48 @@
+"""Client of the Node server's loopback admin endpoint (``/health``, ``/stats``), short timeouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+__all__ = ["get_health", "get_stats"]
+
+DEFAULT_TIMEOUT = 1.0
+
+
+def _get(host: str, port: int, path: str, timeout: float) -> tuple[int, dict[str, Any]] | None:
+    url = f"http://{_loopback(host)}:{port}{path}"
+    try:
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            response = client.get(url)
+        data = response.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return response.status_code, data if isinstance(data, dict) else {}
+
+
+def _loopback(host: str) -> str:
+    # the admin endpoint listens on 127.0.0.1 only
+    return "127.0.0.1" if host in ("", "0.0.0.0", "localhost") else host
+
+
+def get_health(
+    port: int, *, host: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT
+) -> str | None:
+    """``"ok"``, ``"starting"``, ``"stopping"`` … as reported by ``/health``; ``None`` if unreachable."""
+    result = _get(host, port, "/health", timeout)
+    if result is None:
+        return None
+    status = result[1].get("status")
+    return str(status) if status is not None else ("ok" if result[0] == 200 else "unknown")
+
+
+def get_stats(
+    port: int, *, host: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT
+) -> dict[str, Any] | None:
+    """The ``/stats`` JSON (connections, queries_served, rss_bytes, …) or ``None`` if unreachable."""
+    result = _get(host, port, "/stats", timeout)
+    if result is None or result[0] != 200:
+        return None
+    return result[1]
