@@ -1,0 +1,643 @@
+"""``hive-bridge`` / ``python -m hive_bridge``: start, stop, status, url, doctor.
+
+Exit status: 0 ok; 1 an expected failure (one clear message on stderr, never a traceback);
+3 not running (``status``, ``url``), as LSB init scripts do; 2 bad usage (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from . import __version__
+from .bridge import Bridge
+from .config import BridgeSettings, load_bridge_settings, load_settings
+from .dsn import async_sqlalchemy_url, libpq_dsn, sqlalchemy_url
+from .errors import (
+    BridgeNotFoundError,
+    BridgeNotRunningError,
+    BridgeStartError,
+    ConfigError,
+    HiveBridgeError,
+)
+from .locate import check_js_dir, default_js_dir, find_node, node_version
+from .lock import is_locked, read_lock_owner
+from .logs import configure_logging
+from .paths import RunPaths, read_password, run_paths_for
+from .readiness import parse_events
+from .statefile import BridgeState, process_matches, read_live_state, remove_state
+from .status import status_report
+from .supervisor import State, SupervisorOptions
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_NOT_RUNNING = 3
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The data dir a command acts on (``None`` = in-memory) and the bridge settings."""
+
+    data_dir: Path | None
+    settings: BridgeSettings
+
+    def paths(self, create: bool = False) -> RunPaths:
+        if self.data_dir is None:
+            raise ConfigError(
+                setting="--data-dir",
+                value="memory",
+                problem="an in-memory server lives only inside the process that runs it, so other "
+                "commands cannot find it",
+                example="hive-bridge start --foreground --data-dir memory",
+                fix="use `hive-bridge start --foreground --data-dir memory`, or a real data dir",
+            )
+        return run_paths_for(self.data_dir, run_dir=self.settings.run_dir, create=create)
+
+
+def _target(args: argparse.Namespace) -> _Target:
+    settings = load_bridge_settings()
+    if args.data_dir:
+        if args.data_dir in ("memory", ":memory:"):
+            return _Target(None, settings)
+        return _Target(Path(args.data_dir).expanduser().absolute(), settings)
+    database = load_settings().database
+    if database.backend != "pglite":
+        raise ConfigError(
+            setting="HIVE_DATABASE_BACKEND",
+            value=database.backend,
+            problem="the hive-bridge CLI manages PGlite data dirs; pass --data-dir or use pglite",
+            example="hive-bridge status --data-dir ./data/automagik_hive.db",
+            fix="pass --data-dir PATH, or set HIVE_DATABASE_URL=pglite://./data/automagik_hive.db",
+        )
+    return _Target(database.data_dir, settings)
+
+
+def _dsn_of(state: BridgeState, paths: RunPaths, kind: str = "libpq") -> str:
+    if state.port is None:
+        raise BridgeNotRunningError(
+            data_dir=str(paths.data_dir), state_path=str(paths.state), detail=f"state {state.state}"
+        )
+    password = read_password(paths.password)
+    build = {"libpq": libpq_dsn, "sqlalchemy": sqlalchemy_url, "async": async_sqlalchemy_url}[kind]
+    return build(state.host, state.port, password)
+
+
+def _options(args: argparse.Namespace) -> SupervisorOptions:
+    timeout = getattr(args, "timeout", None)
+    return SupervisorOptions(start_timeout=timeout) if timeout else SupervisorOptions()
+
+
+# ----------------------------------------------------------------------------------- start
+
+
+def _wait_running(paths: RunPaths, timeout: float, pid: int | None = None) -> BridgeState | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_live_state(paths.state)
+        if state is None:
+            return None
+        if pid is not None and state.supervisor_pid != pid:
+            return None
+        if state.state == State.RUNNING.value:
+            return state
+        if state.state == State.FATAL.value:
+            return state
+        time.sleep(0.05)
+    return read_live_state(paths.state)
+
+
+def _already_running(target: _Target, paths: RunPaths, state: BridgeState) -> int:
+    if state.state != State.RUNNING.value:
+        waited = _wait_running(paths, _options_timeout())
+        if waited is None or waited.state != State.RUNNING.value:
+            raise BridgeStartError(
+                data_dir=str(target.data_dir),
+                reason=(
+                    f"a server for it is run by process {state.supervisor_pid} but is in state "
+                    f"{waited.state if waited else 'gone'}"
+                ),
+                log_path=state.log_path,
+                fix=f"see: hive-bridge status --data-dir {shlex.quote(str(target.data_dir))}",
+            )
+        state = waited
+    _err(
+        f"hive-bridge: already running for {target.data_dir} "
+        f"(supervisor pid {state.supervisor_pid}, node pid {state.node_pid}, "
+        f"{state.host}:{state.port}, started by {state.origin})"
+    )
+    _out(_dsn_of(state, paths))
+    return EXIT_OK
+
+
+def _options_timeout() -> float:
+    options = SupervisorOptions()
+    return options.start_timeout * (options.startretries + 1) + 30.0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    target = _target(args)
+    if args.foreground:
+        return _run_foreground(target, args, print_dsn=True)
+    paths = target.paths(create=True)
+    state = read_live_state(paths.state)
+    if state is not None:
+        return _already_running(target, paths, state)
+    argv = [sys.executable, "-m", "hive_bridge", "supervise", "--data-dir", str(target.data_dir)]
+    if args.port is not None:
+        argv += ["--port", str(args.port)]
+    if args.host:
+        argv += ["--host", args.host]
+    if args.timeout:
+        argv += ["--timeout", str(args.timeout)]
+    with open(paths.supervisor_log, "ab") as log_file:
+        offset = log_file.seek(0, os.SEEK_END)
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + (args.timeout or 0) * 4 + _options_timeout()
+    while time.monotonic() < deadline:
+        status = child.poll()
+        state = read_live_state(paths.state)
+        if state is not None and state.supervisor_pid == child.pid:
+            if state.state == State.RUNNING.value:
+                _err(
+                    f"hive-bridge: started for {target.data_dir} (supervisor pid {child.pid}, "
+                    f"node pid {state.node_pid}, {state.host}:{state.port}); "
+                    f"log: {paths.supervisor_log}"
+                )
+                _out(_dsn_of(state, paths))
+                return EXIT_OK
+        elif state is not None and status is not None:
+            # another supervisor won the race for this data dir
+            return _already_running(target, paths, state)
+        if status is not None:
+            _err(_supervise_failure(paths, offset, status))
+            return EXIT_FAIL
+        time.sleep(0.05)
+    child.terminate()
+    try:
+        child.wait(SupervisorOptions().stopwaitsecs + 5)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    raise BridgeStartError(
+        data_dir=str(target.data_dir),
+        reason="the detached supervisor did not reach RUNNING in time",
+        log_path=str(paths.supervisor_log),
+    )
+
+
+def _supervise_failure(paths: RunPaths, offset: int, status: int) -> str:
+    try:
+        with open(paths.supervisor_log, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    errors = [e for e in parse_events(text) if e.get("event") == "error"]
+    if errors and errors[-1].get("message"):
+        return str(errors[-1]["message"])
+    tail = "\n".join(text.splitlines()[-20:])
+    return (
+        f"hive-bridge: the supervisor exited with status {status} before the server was running. "
+        f"Its log {paths.supervisor_log} says:\n{tail}"
+    )
+
+
+def _run_foreground(target: _Target, args: argparse.Namespace, *, print_dsn: bool) -> int:
+    if target.data_dir is not None:
+        paths = target.paths(create=True)
+        state = read_live_state(paths.state)
+        if state is not None and print_dsn:
+            return _already_running(target, paths, state)
+    bridge = Bridge(
+        target.data_dir,
+        memory=target.data_dir is None,
+        host=args.host,
+        port=args.port,
+        origin="cli",
+        attach=False,
+        options=_options(args),
+        settings=target.settings,
+    )
+    signals = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        bridge.request_stop(force=signals > 1)  # only sets flags; the monitor thread acts
+
+    previous = {
+        sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        bridge.start()
+        if print_dsn:
+            _err(
+                f"hive-bridge: running for {target.data_dir or 'memory'} (pid {os.getpid()}, "
+                f"node pid {bridge.node_pid}); press Ctrl-C to stop"
+            )
+            _out(bridge.dsn)
+        bridge.wait()
+    finally:
+        bridge.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_OK
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    """What ``start`` runs detached: the supervisor, errors as one JSON line for ``start``."""
+    try:
+        return _run_foreground(_target(args), args, print_dsn=False)
+    except HiveBridgeError as exc:
+        _err(json.dumps({"event": "error", "type": type(exc).__name__, "message": str(exc)}))
+        return exc.exit_status
+
+
+# ------------------------------------------------------------------------------------ stop
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    target = _target(args)
+    paths = target.paths()
+    state = read_live_state(paths.state)
+    if state is None:
+        if is_locked(paths.lock):
+            owner = read_lock_owner(paths.lock)
+            _err(
+                f"hive-bridge: no supervisor is running for {target.data_dir}, but its lock is "
+                f"still held (last holder pid {owner}); a Node server whose supervisor died exits "
+                f"by itself within seconds"
+            )
+        else:
+            _err(f"hive-bridge: not running for {target.data_dir} (nothing to stop)")
+        return EXIT_OK
+    if state.origin != "cli" and not args.force:
+        raise BridgeStartError(
+            data_dir=str(target.data_dir),
+            reason=(
+                f"cannot stop it: the server was started by the application in process "
+                f"{state.supervisor_pid} ({_cmdline(state.supervisor_pid)}), which would only "
+                f"restart it"
+            ),
+            fix=(
+                f"stop that application, or send it SIGTERM with: hive-bridge stop --force "
+                f"--data-dir {shlex.quote(str(target.data_dir))}"
+            ),
+        )
+    pid = state.supervisor_pid
+    _err(f"hive-bridge: stopping supervisor pid {pid} for {target.data_dir} ...")
+    _signal(pid, signal.SIGTERM)
+    timeout = args.timeout or (SupervisorOptions().stopwaitsecs + 5)
+    if not _wait_gone(pid, state.supervisor_create_time, timeout):
+        _err(
+            f"hive-bridge: supervisor pid {pid} did not stop within {timeout:.0f}s; sending SIGKILL"
+        )
+        _signal(pid, signal.SIGKILL)
+        _wait_gone(pid, state.supervisor_create_time, 5)
+    if state.node_pid and process_matches(state.node_pid, state.node_create_time):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(state.node_pid, signal.SIGKILL)
+        _wait_gone(state.node_pid, state.node_create_time, 5)
+    remove_state(paths.state, only_if_pid=pid)
+    _err(f"hive-bridge: stopped (data dir {target.data_dir})")
+    return EXIT_OK
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_gone(pid: int, create_time: float | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process_matches(pid, create_time):
+            return True
+        time.sleep(0.05)
+    return not process_matches(pid, create_time)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return shlex.join(psutil.Process(pid).cmdline())[:200]
+    except (psutil.Error, ValueError):
+        return "?"
+
+
+# ---------------------------------------------------------------------------- status, url
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    target = _target(args)
+    paths = target.paths()
+    state = read_live_state(paths.state)
+    running = state is not None and state.state != State.FATAL.value
+    if args.json:
+        if state is None:
+            report: dict[str, Any] = {
+                "state": State.STOPPED.value,
+                "data_dir": str(target.data_dir),
+            }
+        else:
+            report = status_report(state)
+        report["running"] = running
+        _out(json.dumps(report, indent=2, sort_keys=True))
+        return EXIT_OK if running else EXIT_NOT_RUNNING
+    if state is None:
+        _out(f"hive-bridge: not running (data dir {target.data_dir})")
+        return EXIT_NOT_RUNNING
+    report = status_report(state)
+    rss = report.get("rss_bytes")
+    uptime = report.get("uptime_s")
+    lines = [
+        f"hive-bridge: {state.state} (data dir {state.data_dir})",
+        f"  supervisor pid {state.supervisor_pid} (started by {state.origin}), "
+        f"node pid {state.node_pid}",
+        f"  listening on {state.host}:{state.port} (admin 127.0.0.1:{state.admin_port})",
+        f"  uptime {uptime:.0f}s" if uptime is not None else "  uptime -",
+        f"  restarts {state.restarts}, node RSS "
+        + (f"{rss / 1024 / 1024:.0f} MB" if isinstance(rss, int) else "-"),
+        "  versions: " + ", ".join(f"{k} {v}" for k, v in sorted(state.versions.items())),
+        f"  server log: {state.log_path}",
+    ]
+    stats = report.get("stats")
+    if isinstance(stats, dict):
+        lines.append(
+            f"  connections {stats.get('connections')}, queries served "
+            f"{stats.get('queries_served')}, backend restarts {stats.get('backend_restarts')}"
+        )
+    if state.error:
+        lines.append(f"  error: {state.error}")
+    _out("\n".join(lines))
+    return EXIT_OK if running else EXIT_NOT_RUNNING
+
+
+def cmd_url(args: argparse.Namespace) -> int:
+    target = _target(args)
+    paths = target.paths()
+    state = read_live_state(paths.state)
+    if state is None or state.state != State.RUNNING.value:
+        raise BridgeNotRunningError(
+            data_dir=str(target.data_dir),
+            state_path=str(paths.state),
+            detail=None if state is None else f"state {state.state}",
+        )
+    kind = "async" if args.async_ else "sqlalchemy" if args.sqlalchemy else "libpq"
+    _out(_dsn_of(state, paths, kind))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------- doctor
+
+
+def _check(name: str, fn: Callable[[], str]) -> bool:
+    try:
+        detail = fn()
+    except HiveBridgeError as exc:
+        fix = getattr(exc, "fix", None)
+        message = str(exc)
+        _out(f"FAIL {name}: {message}")
+        if fix and f"Fix: {fix}" not in message:
+            _out(f"     fix: {fix}")
+        return False
+    _out(f"OK   {name}: {detail}")
+    return True
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    ok = True
+    _out(f"hive-bridge {__version__}, Python {sys.version.split()[0]} ({sys.executable})")
+
+    def python_deps() -> str:
+        found, missing = [], []
+        for module, dist in (
+            ("psutil", "psutil"),
+            ("sqlalchemy", "sqlalchemy"),
+            ("asyncpg", "asyncpg"),
+            ("psycopg", "psycopg[binary]"),
+            ("httpx", "httpx"),
+            ("tenacity", "tenacity"),
+        ):
+            try:
+                mod = importlib.import_module(module)
+            except ImportError:
+                missing.append(dist)
+            else:
+                found.append(f"{module} {getattr(mod, '__version__', '?')}")
+        if missing:
+            raise BridgeNotFoundError(
+                cause="python_deps",
+                what=f"Python packages missing: {', '.join(missing)}",
+                looked_in=sys.executable,
+                fix=f"{sys.executable} -m pip install {' '.join(shlex.quote(m) for m in missing)} "
+                "(or: make install)",
+            )
+        return ", ".join(found)
+
+    ok &= _check("python packages", python_deps)
+    try:
+        settings = load_bridge_settings()
+    except ConfigError as exc:
+        _out(f"FAIL settings: {exc}")
+        return EXIT_FAIL
+
+    def node() -> str:
+        path = find_node(settings.node)
+        return f"{path} v{node_version(path)}"
+
+    ok &= _check("node", node)
+    js_dir = settings.js_dir or default_js_dir()
+    js_result: dict[str, BridgeNotFoundError] = {}
+
+    def run_js_check() -> str:
+        try:
+            return check_js_dir(js_dir, from_setting=settings.js_dir is not None)
+        except BridgeNotFoundError as exc:
+            js_result["error"] = exc
+            raise
+
+    def bridge_js() -> str:
+        try:
+            run_js_check()
+        except BridgeNotFoundError as exc:
+            if exc.cause in ("js_dir_missing", "server_js_missing", "lockfile_missing"):
+                raise
+        return f"{js_dir} (server.js present)"
+
+    def node_modules() -> str:
+        error = js_result.get("error")
+        if error is not None:
+            if error.cause in ("js_dir_missing", "server_js_missing", "lockfile_missing"):
+                return "skipped (bridge-js itself is missing)"
+            raise error
+        return f"match package-lock.json; PGlite {run_js_check()}"
+
+    ok &= _check("bridge-js", bridge_js)
+    ok &= _check("node_modules", node_modules)
+
+    try:
+        target = _target(args)
+    except ConfigError as exc:
+        _out(f"FAIL data dir: {exc}")
+        return EXIT_FAIL
+
+    def data_dir() -> str:
+        if target.data_dir is None:
+            return "in-memory (nothing is written)"
+        paths = run_paths_for(target.data_dir, run_dir=settings.run_dir, create=False)
+        parent = _nearest_existing(paths.run_dir.parent)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(
+                setting="data dir",
+                value=str(target.data_dir),
+                problem=f"{parent} is not writable by this user",
+                example="HIVE_DATABASE_URL=pglite://./data/automagik_hive.db",
+                fix=f"chmod u+w {shlex.quote(str(parent))} or choose another data dir",
+            )
+        state = read_live_state(paths.state, clean=False)
+        running = (
+            f"; a server is {state.state} (pid {state.supervisor_pid}, port {state.port})"
+            if state
+            else ""
+        )
+        return f"{paths.data_dir} (writable; run dir {paths.run_dir}){running}"
+
+    ok &= _check("data dir", data_dir)
+
+    def port() -> str:
+        wanted = args.port if args.port is not None else settings.port
+        if not wanted:
+            return "0: the OS picks a free port"
+        if target.data_dir is not None:
+            state = read_live_state(
+                run_paths_for(target.data_dir, run_dir=settings.run_dir, create=False).state,
+                clean=False,
+            )
+            if state is not None and state.port == wanted:
+                return f"{wanted} is used by this data dir's own server"
+        with socket.socket() as sock:
+            try:
+                sock.bind((settings.host, wanted))
+            except OSError as exc:
+                raise ConfigError(
+                    setting="HIVE_BRIDGE_PORT",
+                    value=str(wanted),
+                    problem=f"{settings.host}:{wanted} is not free ({exc.strerror})",
+                    example="HIVE_BRIDGE_PORT=0",
+                    fix=f"stop what listens there (ss -ltnp 'sport = :{wanted}') or use "
+                    "HIVE_BRIDGE_PORT=0",
+                ) from exc
+        return f"{settings.host}:{wanted} is free"
+
+    ok &= _check("port", port)
+    for tool in ("psql", "pgbench"):
+        found = shutil.which(tool)
+        _out(
+            f"OK   {tool}: {found}"
+            if found
+            else f"WARN {tool}: not found (optional; apt-get install postgresql-client)"
+        )
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hive-bridge",
+        description="Run and inspect the PGlite bridge (a PostgreSQL server with no Docker).",
+    )
+    parser.add_argument("--version", action="version", version=f"hive-bridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str | None, fn: Callable[[argparse.Namespace], int]) -> Any:
+        p = sub.add_parser(name, help=help_text) if help_text else sub.add_parser(name)
+        p.set_defaults(fn=fn)
+        p.add_argument(
+            "--data-dir",
+            help="PGlite data dir (default: from HIVE_DATABASE_URL, else ./data/automagik_hive.db); "
+            "'memory' for in-memory (start --foreground only)",
+        )
+        return p
+
+    start = add(
+        "start", "start the server (detached unless --foreground) and print its DSN", cmd_start
+    )
+    start.add_argument("--foreground", action="store_true", help="supervise in this process")
+    for p in (start, add("supervise", None, cmd_supervise)):
+        p.add_argument("--port", type=int, default=None, help="TCP port (default HIVE_BRIDGE_PORT)")
+        p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+        p.add_argument("--timeout", type=float, default=None, help="seconds to wait for a start")
+    stop = add("stop", "stop the server (exit 0 also when it is not running)", cmd_stop)
+    stop.add_argument("--timeout", type=float, default=None, help="seconds before SIGKILL")
+    stop.add_argument(
+        "--force", action="store_true", help="also SIGTERM an application that auto-started it"
+    )
+    status = add("status", "show the server state (exit 0 running, 3 not running)", cmd_status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    url = add("url", "print the DSN of the running server (exit 3 if not running)", cmd_url)
+    kind = url.add_mutually_exclusive_group()
+    kind.add_argument("--async", dest="async_", action="store_true", help="postgresql+asyncpg URL")
+    kind.add_argument("--sqlalchemy", action="store_true", help="postgresql+psycopg URL")
+    doctor = add("doctor", "check the environment; exit 1 if anything fails", cmd_doctor)
+    doctor.add_argument("--port", type=int, default=None, help="check this port is free")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        configure_logging(load_bridge_settings().log_level)
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    try:
+        result: int = args.fn(args)
+    except HiveBridgeError as exc:
+        _err(str(exc))
+        return exc.exit_status
+    except KeyboardInterrupt:
+        _err("hive-bridge: interrupted")
+        return 130
+    return result
