@@ -1,0 +1,53 @@
+# hive-bridge: `make run` to run the server, `make test` to test everything.
+#
+# install is idempotent: the venv is created once, pip runs again only when pyproject.toml changed,
+# npm ci only when bridge-js/package-lock.json (or package.json) is newer than the last install.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+JS     := bridge-js
+DATA   ?= ./data/automagik_hive.db
+
+PY_STAMP  := $(VENV)/.stamp-pyproject
+NPM_STAMP := $(JS)/node_modules/.stamp-npm-ci
+
+.PHONY: install run test lint clean help
+
+help:
+	@echo "make install  venv + Python deps + bridge-js node_modules (only what changed)"
+	@echo "make run      start the server in the foreground on $(DATA), print its DSN"
+	@echo "make test     the whole test suite (real node, PGlite, clients)"
+	@echo "make lint     ruff check, ruff format --check, mypy --strict"
+	@echo "make clean    remove the venv and caches (keeps data/)"
+
+install: $(PY_STAMP) $(NPM_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(PY_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	@touch $@
+
+# npm ci wipes node_modules, so the stamp inside it disappears with a stale install
+$(NPM_STAMP): $(JS)/package-lock.json $(JS)/package.json
+	npm ci --prefix $(JS)
+	@touch $@
+
+run: install
+	$(BIN)/hive-bridge start --foreground --data-dir $(DATA)
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check hive_bridge tests
+	$(BIN)/ruff format --check hive_bridge tests
+	$(BIN)/mypy --strict hive_bridge
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+
+# bench, soak and torture targets live below (added separately)
