@@ -11,7 +11,10 @@ import { Session } from './src/session.js';
 import { ScramVerifier } from './src/scram.js';
 import { startAdmin } from './src/admin.js';
 import { createLogger, LOG_LEVELS } from './src/log.js';
-import { StartError, verifyLock, checkDataDir, clearCrashLeftovers } from './src/datadir.js';
+import * as DataDir from './src/datadir.js';
+import { packageVersion } from './src/versions.js';
+
+const { StartError } = DataDir;
 
 const POSTGRES_MAJOR = 18;
 
@@ -52,10 +55,13 @@ function parseOptions(argv) {
       'startup-timeout-ms': { type: 'string' },
       'allow-remote': { type: 'boolean', default: false },
       'pg-option': { type: 'string', multiple: true, default: [] },
+      'cache-dir': { type: 'string' },
+      'no-template': { type: 'boolean', default: false },
+      'prepare-template': { type: 'boolean', default: false },
     },
     strict: true,
   });
-  if (!values.memory && !values['data-dir']) throw new StartError('bad_args', 'one of --data-dir PATH or --memory is required');
+  if (!values.memory && !values['data-dir'] && !values['prepare-template']) throw new StartError('bad_args', 'one of --data-dir PATH or --memory is required');
   if (values.memory && values['data-dir']) throw new StartError('bad_args', '--data-dir and --memory exclude each other');
   if (!LOG_LEVELS.includes(values['log-level'])) throw new StartError('bad_args', `--log-level must be one of ${LOG_LEVELS.join(', ')}`);
   const host = values.host;
@@ -64,7 +70,7 @@ function parseOptions(argv) {
     throw new StartError('bad_args', `refusing to listen on non-loopback host ${host}`, 'pass --allow-remote (HIVE_BRIDGE_ALLOW_REMOTE=1) if you really mean to expose the database');
   }
   const opts = {
-    dataDir: values.memory ? undefined : path.resolve(values['data-dir']),
+    dataDir: values['data-dir'] ? path.resolve(values['data-dir']) : undefined,
     memory: values.memory,
     host,
     port: intArg(values, 'port', 0, 0),
@@ -81,6 +87,9 @@ function parseOptions(argv) {
     maxQueuedBytes: 16 << 20,
     maxCopyBytes: 1 << 30,
     pgOptions: values['pg-option'],
+    cacheDir: values['cache-dir'],
+    useTemplate: !values['no-template'],
+    prepareTemplate: values['prepare-template'],
   };
   if (opts.port > 65535) throw new StartError('bad_args', `--port ${opts.port} is out of range`);
   for (const o of opts.pgOptions) if (!/^[a-z_.]+=.+$/i.test(o)) throw new StartError('bad_args', `--pg-option must look like name=value, got "${o}"`);
@@ -115,13 +124,19 @@ class Server {
       if (!pw) throw new StartError('bad_args', `--password-file ${opts.passwordFile} is empty`);
       this.verifier = new ScramVerifier(pw);
     }
+    const pgliteVersion = packageVersion('@electric-sql/pglite');
     if (opts.dataDir) {
-      if (opts.lockFd !== null) verifyLock(opts.lockFd);
+      if (opts.lockFd !== null) DataDir.verifyLock(opts.lockFd);
       else if (!opts.noLock) {
         throw new StartError('lock_required', `refusing to open ${opts.dataDir} without the data-dir lock`, 'start it with hive-bridge (which passes --lock-fd), or pass --no-lock if you are sure nothing else uses it');
       }
-      const { exists } = checkDataDir(opts.dataDir, POSTGRES_MAJOR);
-      if (exists) clearCrashLeftovers(opts.dataDir, log);
+      const { initialised } = DataDir.checkDataDir(opts.dataDir, POSTGRES_MAJOR);
+      if (initialised) {
+        DataDir.clearCrashLeftovers(opts.dataDir, log);
+        this.stamp = DataDir.checkStamp(opts.dataDir, pgliteVersion);
+      } else if (opts.useTemplate) {
+        await this.createDataDir(pgliteVersion);
+      }
     }
 
     // Listen first, so a taken port fails in milliseconds, not after PGlite opened; connections that
@@ -138,7 +153,7 @@ class Server {
     this.net.on('error', (err) => log.error(`listener error: ${err.message}`));
 
     const t0 = Date.now();
-    const startParams = opts.pgOptions.length ? [...BASE_START_PARAMS, ...opts.pgOptions.flatMap((o) => ['-c', o])] : undefined;
+    const startParams = [...BASE_START_PARAMS, ...opts.pgOptions.flatMap((o) => ['-c', o])];
     this.backend = new Backend({ dataDir: opts.dataDir, extensions: opts.extensions, startParams, log });
     try {
       this.info = await this.backend.open();
@@ -147,6 +162,13 @@ class Server {
         'see the server log above; the data dir was not modified or deleted');
     }
     log.info(`PGlite ${this.info.pglite_version} (PostgreSQL ${this.info.postgres_version}) open in ${Date.now() - t0} ms`);
+    const missing = this.info.installed_extensions.filter((e) => !opts.extensions.includes(e));
+    if (missing.length) {
+      await this.backend.close();
+      throw new StartError('extension_missing', `data dir ${opts.dataDir} uses extension(s) ${missing.join(', ')}, which this server was started without; its tables would fail with "could not access file"`,
+        `start it with --extensions ${[...new Set([...opts.extensions, ...missing])].join(',')} (hive-bridge loads vector by default)`);
+    }
+    if (opts.dataDir && !this.stamp) DataDir.writeStamp(opts.dataDir, this.info, opts.extensions);
     this.scheduler = new Scheduler(this);
     this.admin = opts.adminPort >= 0 ? await startAdmin(this, opts.adminPort) : null;
     this.state = 'ready';
@@ -164,6 +186,27 @@ class Server {
       extensions: opts.extensions,
       startup_ms: Date.now() - this.startedAt,
     });
+  }
+
+  /** A new data dir is a copy of a cached, pristine one: ~0.1 s instead of initdb's ~3.5 s. */
+  async createDataDir(pgliteVersion) {
+    const tdir = DataDir.templateDir(this.opts.cacheDir, pgliteVersion, this.opts.extensions);
+    try {
+      await this.buildTemplate(tdir);
+    } catch (err) {
+      this.log.warn(`cannot use a template at ${tdir} (${err.message}); running initdb in place`);
+      return;
+    }
+    DataDir.createFromTemplate(tdir, this.opts.dataDir, this.log);
+  }
+
+  buildTemplate(tdir) {
+    const { extensions } = this.opts;
+    return DataDir.ensureTemplate(tdir, async (dir) => {
+      const b = new Backend({ dataDir: dir, extensions, startParams: BASE_START_PARAMS, log: this.log });
+      await b.open();
+      await b.close();
+    }, this.log);
   }
 
   accept(socket) {
@@ -222,12 +265,16 @@ class Server {
   }
 }
 
-// PGlite's defaults plus nothing of ours yet; --pg-option appends "-c name=value".
+// PGlite's defaults, plus a smaller shared_buffers: 16 MB instead of 128 MB takes a warm server from
+// ~330 MB to ~170 MB RSS with no measurable loss (the OS page cache sits under it anyway). Durability is
+// untouched: synchronous_commit stays on, so a commit is written before it is acknowledged.
+// --pg-option appends "-c name=value" (last one wins).
 const BASE_START_PARAMS = [
   '--single', '-F', '-O', '-j',
   '-c', 'search_path=public', '-c', 'exit_on_error=false', '-c', 'log_checkpoints=false',
   '-c', 'max_worker_processes=0', '-c', 'max_parallel_workers=0', '-c', 'max_parallel_workers_per_gather=0',
   '-c', 'io_method=sync', '-c', 'max_parallel_maintenance_workers=0',
+  '-c', 'shared_buffers=16MB',
 ];
 
 async function main() {
@@ -253,6 +300,16 @@ async function main() {
   }
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(sig, () => server.shutdown(`received ${sig}`));
 
+  if (opts.prepareTemplate) {
+    const tdir = DataDir.templateDir(opts.cacheDir, packageVersion('@electric-sql/pglite'), opts.extensions);
+    try {
+      const built = await server.buildTemplate(tdir);
+      emit({ event: 'template', path: tdir, built });
+      process.exit(0);
+    } catch (err) {
+      fail('template_failed', `cannot build the data-dir template at ${tdir}: ${err.message}`, 'check that the cache dir is writable (HIVE_BRIDGE_CACHE_DIR)');
+    }
+  }
   try {
     await server.start();
   } catch (err) {

@@ -64,7 +64,7 @@ export class Backend extends EventEmitter {
     worker.removeAllListeners('exit');
     worker.on('error', (err) => this.onWorkerDeath(worker, `error: ${(err && err.stack) || err}`));
     worker.on('exit', (code) => this.onWorkerDeath(worker, `exit code ${code}`));
-    this.info = { pglite_version: info.pglite_version, postgres_version: info.postgres_version };
+    this.info = { pglite_version: info.pglite_version, postgres_version: info.postgres_version, installed_extensions: info.installed_extensions };
     this.generation += 1;
     this.ready = true;
     // A startup packet makes PGlite report every GUC_REPORT parameter: that is the baseline each client

@@ -6,7 +6,7 @@
 // writes a request and wakes us with Atomics.notify; we answer in place. postMessage is used only for the
 // one-time "open"/"opened"/"failed" handshake and for log lines.
 import { workerData, parentPort } from 'node:worker_threads';
-import { readFileSync } from 'node:fs';
+import { packageVersion } from './versions.js';
 import { Channel, OP_EXEC, OP_CLOSE } from './channel.js';
 
 
@@ -23,22 +23,6 @@ async function loadExtensions(names) {
   return extensions;
 }
 
-/** Version of an installed package, read from its package.json next to the resolved entry point. */
-export function packageVersion(name) {
-  const entry = new URL(import.meta.resolve(name));
-  let dir = new URL('.', entry);
-  for (let i = 0; i < 5; i++) {
-    try {
-      const pkg = JSON.parse(readFileSync(new URL('package.json', dir), 'utf8'));
-      if (pkg.name === name) return pkg.version;
-    } catch {
-      // not here; go up
-    }
-    dir = new URL('..', dir);
-  }
-  return 'unknown';
-}
-
 async function open() {
   const { PGlite } = await import('@electric-sql/pglite');
   const { dataDir, extensions: extNames, startParams } = workerData;
@@ -47,11 +31,13 @@ async function open() {
   if (startParams && startParams.length) options.startParams = startParams;
   const db = await PGlite.create(options);
   const ver = await db.query('SHOW server_version');
+  const ext = await db.query("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1");
   return {
     db,
     info: {
       pglite_version: packageVersion('@electric-sql/pglite'),
       postgres_version: ver.rows[0].server_version,
+      installed_extensions: ext.rows.map((r) => r.extname),
     },
   };
 }
