@@ -270,6 +270,11 @@ class Bridge:
         return _dsn.libpq_dsn(self.connect_host, self.port, self._password)
 
     @property
+    def asyncpg_dsn(self) -> str:
+        """The DSN for ``asyncpg.connect`` (``sslmode=disable`` only; asyncpg knows no gssencmode)."""
+        return _dsn.asyncpg_dsn(self.connect_host, self.port, self._password)
+
+    @property
     def sqlalchemy_url(self) -> str:
         """``postgresql+psycopg://…`` for :func:`sqlalchemy.create_engine`."""
         return _dsn.sqlalchemy_url(self.connect_host, self.port, self._password)

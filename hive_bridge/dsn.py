@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-__all__ = ["DATABASE", "USER", "async_sqlalchemy_url", "libpq_dsn", "sqlalchemy_url"]
+__all__ = [
+    "DATABASE",
+    "USER",
+    "async_sqlalchemy_url",
+    "asyncpg_dsn",
+    "libpq_dsn",
+    "sqlalchemy_url",
+]
 
 USER = "postgres"
 DATABASE = "postgres"
@@ -30,6 +37,12 @@ def _netloc(host: str, port: int, password: str | None) -> str:
 def libpq_dsn(host: str, port: int, password: str | None) -> str:
     """``postgresql://postgres:PW@127.0.0.1:PORT/postgres?sslmode=disable&gssencmode=disable``"""
     return f"postgresql://{_netloc(host, port, password)}/{DATABASE}?sslmode=disable&gssencmode=disable"
+
+
+def asyncpg_dsn(host: str, port: int, password: str | None) -> str:
+    """``postgresql://…?sslmode=disable`` for ``asyncpg.connect`` (it would send ``gssencmode`` to
+    the server as a setting, which the server rejects)."""
+    return f"postgresql://{_netloc(host, port, password)}/{DATABASE}?sslmode=disable"
 
 
 def sqlalchemy_url(host: str, port: int, password: str | None) -> str:

@@ -135,11 +135,13 @@ def test_psycopg_parameters_and_transactions(shared_dsn: str, unique: Callable[[
             assert conn.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
 
 
-def test_asyncpg_parameters_and_transactions(shared_dsn: str, unique: Callable[[str], str]) -> None:
+def test_asyncpg_parameters_and_transactions(
+    shared_bridge: Bridge, unique: Callable[[str], str]
+) -> None:
     table = unique("apg")
 
     async def main() -> None:
-        conn = await asyncpg.connect(shared_dsn.split("?")[0], ssl=False)
+        conn = await asyncpg.connect(shared_bridge.asyncpg_dsn)
         try:
             await conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, tags text[])")
             async with conn.transaction():
@@ -213,6 +215,9 @@ def test_bridge_urls_have_the_documented_shape(shared_bridge: Bridge) -> None:
     )
     assert shared_bridge.sqlalchemy_url.startswith("postgresql+psycopg://postgres:")
     assert shared_bridge.sqlalchemy_url.endswith("?sslmode=disable&gssencmode=disable")
+    assert shared_bridge.asyncpg_dsn == (
+        f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres?sslmode=disable"
+    )
     assert shared_bridge.async_sqlalchemy_url == (
         f"postgresql+asyncpg://postgres:{password}@127.0.0.1:{port}/postgres?ssl=disable"
     )
