@@ -56,6 +56,7 @@ function parseOptions(argv) {
       'allow-remote': { type: 'boolean', default: false },
       'pg-option': { type: 'string', multiple: true, default: [] },
       'cache-dir': { type: 'string' },
+      'socket-dir': { type: 'string' },
       'no-template': { type: 'boolean', default: false },
       'prepare-template': { type: 'boolean', default: false },
     },
@@ -88,6 +89,7 @@ function parseOptions(argv) {
     maxCopyBytes: 1 << 30,
     pgOptions: values['pg-option'],
     cacheDir: values['cache-dir'],
+    socketDir: values['socket-dir'] ? path.resolve(values['socket-dir']) : undefined,
     useTemplate: !values['no-template'],
     prepareTemplate: values['prepare-template'],
   };
@@ -151,6 +153,7 @@ class Server {
       this.net.listen(opts.port, opts.host, resolve);
     });
     this.net.on('error', (err) => log.error(`listener error: ${err.message}`));
+    if (opts.socketDir) await this.listenUnix(this.net.address().port);
 
     const t0 = Date.now();
     const startParams = [...BASE_START_PARAMS, ...opts.pgOptions.flatMap((o) => ['-c', o])];
@@ -181,11 +184,44 @@ class Server {
       port: addr.port,
       admin_port: this.admin ? this.admin.address().port : null,
       data_dir: opts.dataDir ?? 'memory://',
+      socket_dir: opts.socketDir ?? null,
+      socket_path: this.socketPath ?? null,
       pglite_version: this.info.pglite_version,
       postgres_version: this.info.postgres_version,
       extensions: opts.extensions,
       startup_ms: Date.now() - this.startedAt,
     });
+  }
+
+  /**
+   * Also listen on a Unix socket, libpq style (DIR/.s.PGSQL.PORT), in a directory only this user can
+   * enter (0700): clients there are trusted without a password, as PostgreSQL's local "peer" setups do.
+   * A socket file left by a killed server is removed first; we hold the data-dir lock, so it is stale.
+   */
+  async listenUnix(port) {
+    const dir = this.opts.socketDir;
+    const file = path.join(dir, `.s.PGSQL.${port}`);
+    if (Buffer.byteLength(file) > 107) {
+      throw new StartError('bad_args', `Unix socket path ${file} is longer than the 107 bytes the platform allows`, 'choose a shorter socket directory (HIVE_BRIDGE_SOCKET_DIR)');
+    }
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = fs.statSync(dir);
+    if ((st.mode & 0o077) !== 0 || (typeof process.getuid === 'function' && st.uid !== process.getuid())) {
+      throw new StartError('bad_args', `socket directory ${dir} must be owned by this user with mode 0700 (it is ${(st.mode & 0o777).toString(8)})`, `chmod 700 ${dir}`);
+    }
+    try {
+      fs.unlinkSync(file);
+      this.log.info(`removed stale Unix socket ${file}`);
+    } catch (err) {
+      if (err.code !== 'ENOENT') throw err;
+    }
+    this.unix = net.createServer((socket) => this.accept(socket, { unix: true }));
+    await new Promise((resolve, reject) => {
+      this.unix.once('error', reject);
+      this.unix.listen(file, resolve);
+    });
+    fs.chmodSync(file, 0o600);
+    this.socketPath = file;
   }
 
   /** A new data dir is a copy of a cached, pristine one: ~0.1 s instead of initdb's ~3.5 s. */
@@ -209,19 +245,20 @@ class Server {
     }, this.log);
   }
 
-  accept(socket) {
+  accept(socket, { unix = false } = {}) {
     this.stats.connections += 1;
-    if (this.state === 'ready') this.attach(socket);
+    if (this.state === 'ready') this.attach(socket, unix);
     else if (this.state === 'starting') {
       socket.pause();
+      socket.hbUnix = unix;
       this.pendingSockets.push(socket);
     } else socket.destroy();
   }
 
-  attach(socket) {
+  attach(socket, unix = socket.hbUnix ?? false) {
     if (socket.destroyed) return;
     const id = this.nextId++;
-    const s = new Session(this, socket, id);
+    const s = new Session(this, socket, id, { unix });
     this.sessions.set(s.pid, s);
     socket.resume();
   }
@@ -253,6 +290,14 @@ class Server {
     this.state = 'stopping';
     this.log.info(`shutting down: ${why}`);
     if (this.net) this.net.close();
+    if (this.unix) {
+      this.unix.close();
+      try {
+        fs.unlinkSync(this.socketPath);
+      } catch {
+        // already gone
+      }
+    }
     for (const socket of this.pendingSockets.splice(0)) socket.destroy();
     for (const s of [...this.sessions.values()]) s.fatal('57P01', 'terminating connection due to administrator command');
     if (wasReady && this.scheduler) {

@@ -52,7 +52,7 @@ export class Session {
     this.timers = new Set();
     this.connectedAt = Date.now();
 
-    socket.setNoDelay(true);
+    if (!unix) socket.setNoDelay(true);
     socket.on('data', (chunk) => this.onData(chunk));
     socket.on('error', (err) => this.log.debug(`client ${this.id}: socket error: ${err.message}`));
     socket.on('close', () => this.close('socket closed'));
