@@ -700,6 +700,11 @@ export class Scheduler {
   }
 
   async turnFailed(s, err) {
+    if (err instanceof P.ProtocolError) {
+      this.log.info(`client ${s.id}: protocol violation: ${err.message}`);
+      s.fatal(err.code, err.message);
+      return;
+    }
     if (!(err instanceof BackendError)) {
       this.log.error(`client ${s.id}: internal error: ${(err && err.stack) || err}`);
       s.fatal('XX000', `internal error in hive-bridge: ${err.message}`);

@@ -12,6 +12,11 @@ import { parseStartupOptions } from './sql.js';
 const AUTH_SASL_INITIAL = 'initial';
 const AUTH_SASL_FINAL = 'final';
 
+// Frontend message types a client may send once its session is ready: Query, Parse, Bind, Describe,
+// Execute, Close, Sync, Flush, Terminate, CopyData, CopyDone, CopyFail, FunctionCall. Anything else would
+// make PostgreSQL raise FATAL, which in PGlite's single session would end the backend for everyone.
+const CLIENT_TYPES = new Set([...'QPBDECSHXdcfF'].map((c) => c.charCodeAt(0)));
+
 // Startup-packet keys that are not settings.
 const NOT_SETTINGS = new Set(['user', 'database', 'options', 'replication']);
 
@@ -110,6 +115,9 @@ export class Session {
     try {
       for (let m = this.reader.next(); m; m = this.reader.next()) {
         if (this.phase === 'ready') {
+          if (!CLIENT_TYPES.has(m.type)) {
+            throw new P.ProtocolError(`invalid frontend message type ${m.type} ("${String.fromCharCode(m.type)}")`);
+          }
           this.inbox.push(m);
           this.inboxBytes += m.buf.length;
           added = true;
