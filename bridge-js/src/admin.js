@@ -45,9 +45,50 @@ function metrics(s) {
   return `${lines.join('\n')}\n`;
 }
 
+function reply(res, status, body) {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
+
+/** POST /backup {"path": "/abs/file.tar.gz"}; needs "Authorization: Bearer <password>" when one is set. */
+function backup(server, req, res) {
+  const token = server.adminToken;
+  if (token && req.headers.authorization !== `Bearer ${token}`) {
+    reply(res, 401, { error: 'the backup endpoint needs the server password as a bearer token' });
+    return;
+  }
+  let body = '';
+  req.setEncoding('utf8');
+  req.on('data', (chunk) => {
+    body += chunk;
+    if (body.length > 65536) req.destroy();
+  });
+  req.on('end', async () => {
+    let target;
+    try {
+      target = JSON.parse(body).path;
+    } catch {
+      // handled below
+    }
+    if (typeof target !== 'string' || !target) {
+      reply(res, 400, { error: 'send JSON {"path": "/where/backup.tar.gz"}' });
+      return;
+    }
+    try {
+      reply(res, 200, await server.backup(target));
+    } catch (err) {
+      reply(res, 409, { error: err.message });
+    }
+  });
+}
+
 export function startAdmin(server, port) {
   const httpServer = http.createServer((req, res) => {
     const url = (req.url || '/').split('?')[0];
+    if (req.method === 'POST' && url === '/backup') {
+      backup(server, req, res);
+      return;
+    }
     const s = snapshot(server);
     if (req.method !== 'GET') {
       res.writeHead(405).end();

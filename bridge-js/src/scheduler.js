@@ -84,9 +84,38 @@ export class Scheduler {
     this.pump();
   }
 
+  /**
+   * Run fn(job) with the backend to itself between client turns: nothing else runs until it finishes
+   * (a consistent point for a backup). Resolves to fn's result.
+   */
+  exclusive(name, fn) {
+    return new Promise((resolve, reject) => {
+      const job = { isJob: true, name, fn, resolve, reject, txStatus: 'I', queued: true, queuedSince: Date.now(), describe: () => `the ${name} job` };
+      this.queue.push(job);
+      this.pump();
+    });
+  }
+
+  async runJob(job) {
+    try {
+      job.resolve(await job.fn(job));
+    } catch (err) {
+      job.reject(err);
+    } finally {
+      this.holder = null;
+      this.pump();
+    }
+  }
+
   pump() {
     while (!this.holder && !this.restarting && this.backend.ready && this.queue.length) {
       const s = this.queue.shift();
+      if (s.isJob) {
+        this.holder = s;
+        s.heldSince = Date.now();
+        this.runJob(s);
+        return;
+      }
       s.queued = false;
       s.clearTimer(s.queueTimer);
       if (s.cleanedUp) continue;
