@@ -63,6 +63,10 @@ class DataDirLock:
         fd, self._fd = self._fd, None
         os.close(fd)
 
+    def forget(self) -> None:
+        """Close our copy of the fd in a forked child (the parent keeps the lock)."""
+        self.release()
+
     def __repr__(self) -> str:
         return f"DataDirLock({str(self.path)!r}, fd={self._fd})"
 

@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,7 @@ class Supervisor:
         self._health: threading.Thread | None = None
         self._tailer: LogTailer | None = None
         self._create_time = process_create_time(os.getpid()) or 0.0
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ public properties
 
@@ -600,9 +602,36 @@ class Supervisor:
         except OSError as exc:
             log.warning("cannot write %s: %s", self.target.paths.state, exc)
 
+    def _forget_inherited_fds(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.popen.stdin.close()
+        if self._lock is not None:
+            self._lock.forget()
+        self._stop_requested = True  # this copy supervises nothing: its threads did not fork
+
     def _release_lock(self) -> None:
         if self._lock is not None:
             self._lock.release()
+
+
+#: supervisors of this process, for the fork handler below
+_LIVE: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (multiprocessing, gunicorn --preload) must not keep Node alive.
+
+    It inherited the write end of Node's stdin pipe and the lock fd: as long as it held them, Node
+    would not see EOF when the supervising parent dies, and the data dir would stay locked. The
+    child closes its copies; the parent goes on supervising, and the child may still use the DSN.
+    """
+    for supervisor in list(_LIVE):
+        supervisor._forget_inherited_fds()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _size(path: Path) -> int:

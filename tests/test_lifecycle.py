@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from helpers import FAST, REPO, node_pids_for, pid_gone, run_cli, wait_until
@@ -167,11 +168,13 @@ def test_crash_loop_goes_fatal_and_lets_go(fresh_data_dir: Path, start_bridge: S
 
 PARENT = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from hive_bridge import Bridge
     bridge = Bridge(sys.argv[1]).start()
+    if sys.argv[2] == "fork" and os.fork() == 0:
+        time.sleep(600)  # a forked worker that outlives its parent
     print(bridge.node_pid, bridge.dsn, flush=True)
-    if sys.argv[2] == "sleep":
+    if sys.argv[2] in ("sleep", "fork"):
         time.sleep(600)
     else:
         sys.stdin.read()  # until the test closes our stdin
@@ -194,9 +197,14 @@ def spawn_parent(data_dir: Path, mode: str) -> tuple[subprocess.Popen[str], int,
     return proc, int(line[0]), line[1]
 
 
-def test_no_orphan_when_the_python_parent_is_killed(fresh_data_dir: Path) -> None:
-    parent, node_pid, dsn = spawn_parent(fresh_data_dir, "sleep")
+@pytest.mark.parametrize("mode", ["sleep", "fork"])
+def test_no_orphan_when_the_python_parent_is_killed(fresh_data_dir: Path, mode: str) -> None:
+    """Also when the parent forked a worker that lives on (multiprocessing, gunicorn --preload):
+    the worker must not hold Node's stdin pipe or the data-dir lock."""
+    parent, node_pid, dsn = spawn_parent(fresh_data_dir, mode)
     assert query(dsn, "SELECT 1") == [(1,)]
+    workers = psutil.Process(parent.pid).children()
+    assert len(workers) == (2 if mode == "fork" else 1)  # node (+ the forked worker)
 
     parent.kill()  # SIGKILL: no atexit, no finally, nothing runs in Python
     parent.wait()
@@ -205,7 +213,12 @@ def test_no_orphan_when_the_python_parent_is_killed(fresh_data_dir: Path) -> Non
     assert node_pids_for(fresh_data_dir) == []
     # and the data dir is free again
     with Bridge(fresh_data_dir, options=FAST) as bridge:
+        assert not bridge.attached
         assert query(bridge.dsn, "SELECT 2") == [(2,)]
+    for worker in workers:
+        if worker.pid != node_pid:
+            worker.kill()
+            worker.wait(5)
 
 
 # ------------------------------------------------------------------- one opener per dir
