@@ -252,18 +252,24 @@ def _run_foreground(target: _Target, args: argparse.Namespace, *, print_dsn: boo
         options=_options(args),
         settings=target.settings,
     )
-    signals = 0
+    signals: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal signals
-        signals += 1
-        bridge.request_stop(force=signals > 1)  # only sets flags; the monitor thread acts
+        signals.append(signum)
+        bridge.request_stop(force=len(signals) > 1)  # only sets flags; the monitor thread acts
 
     previous = {
         sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
     try:
-        bridge.start()
+        try:
+            bridge.start()
+        except BridgeStartError:
+            if not signals:
+                raise
+            name = signal.Signals(signals[0]).name
+            _err(f"hive-bridge: {name} received before the server was ready; stopped")
+            return 128 + signals[0]
         if print_dsn:
             _err(
                 f"hive-bridge: running for {target.data_dir or 'memory'} (pid {os.getpid()}, "
