@@ -175,6 +175,23 @@ export function parseNameAt(buf, pos) {
   return { name: buf.toString('utf8', pos, end), start: pos, end };
 }
 
+/** Check the NUL-terminated name fields of Parse/Bind/Describe/Close (what the front end rewrites). */
+export function checkNames(m) {
+  const buf = m.buf;
+  switch (m.type) {
+    case 0x50: // Parse: name, query
+    case 0x42: // Bind: portal, statement
+      parseNameAt(buf, parseNameAt(buf, 5).end + 1);
+      break;
+    case 0x44: // Describe, Close: kind, name
+    case 0x43:
+      if (buf.length < 7 || (buf[5] !== 0x53 && buf[5] !== 0x50)) throw new ProtocolError(`invalid ${m.type === 0x44 ? 'DESCRIBE' : 'CLOSE'} message subtype ${buf[5]}`);
+      parseNameAt(buf, 6);
+      break;
+    default:
+  }
+}
+
 /** Replace the byte range [start, end) of a message with `name` and fix the length header. */
 export function replaceRange(buf, start, end, name) {
   const rep = Buffer.from(name, 'utf8');

@@ -149,7 +149,13 @@ export class Scheduler {
     const names = [];
     for (let i = 0; i < n - 1; i++) {
       if (msgs[i].type !== PARSE) return false;
-      const f = P.parseNameAt(msgs[i].buf, 5);
+      let f;
+      try {
+        f = P.parseNameAt(msgs[i].buf, 5);
+        P.parseNameAt(msgs[i].buf, f.end + 1); // the query text must be terminated too
+      } catch {
+        return false; // malformed: the normal path reports it to this client
+      }
       if (f.name === '') return false;
       names.push(f);
     }

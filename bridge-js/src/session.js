@@ -118,6 +118,7 @@ export class Session {
           if (!CLIENT_TYPES.has(m.type)) {
             throw new P.ProtocolError(`invalid frontend message type ${m.type} ("${String.fromCharCode(m.type)}")`);
           }
+          P.checkNames(m); // malformed names fail now, not when this client's turn comes
           this.inbox.push(m);
           this.inboxBytes += m.buf.length;
           added = true;
