@@ -222,8 +222,9 @@ class Bridge:
 
     @property
     def running(self) -> bool:
+        """Serving: our supervisor is not STOPPED/FATAL, or the process we attached to is alive."""
         if self._attached_state is not None:
-            return True
+            return self.paths is not None and read_live_state(self.paths.state) is not None
         return self.supervisor is not None and self.supervisor.state not in (
             State.FATAL,
             State.STOPPED,

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
+import sqlalchemy
 from helpers import FAST, REPO, node_pids_for, pid_gone, run_cli, wait_until
 
 from hive_bridge import (
@@ -28,6 +29,7 @@ from hive_bridge import (
     PortInUseError,
     State,
 )
+from hive_bridge.engines import PGLITE_ENGINE_DEFAULTS
 
 StartBridge = Callable[..., Bridge]
 
@@ -94,6 +96,9 @@ def test_crash_is_restarted_on_the_same_dsn(
     dsn = bridge.dsn
     query(dsn, "CREATE TABLE survivors (id int)")
     query(dsn, "INSERT INTO survivors SELECT generate_series(1, 100)")
+    engine = sqlalchemy.create_engine(bridge.sqlalchemy_url, **PGLITE_ENGINE_DEFAULTS)
+    with engine.connect() as conn:  # a pooled connection that the crash will break
+        assert conn.execute(sqlalchemy.text("SELECT 1")).scalar() == 1
     old = bridge.node_pid
     assert old is not None
 
@@ -102,6 +107,9 @@ def test_crash_is_restarted_on_the_same_dsn(
 
     assert bridge.dsn == dsn  # same port, same password
     assert query(dsn, "SELECT count(*) FROM survivors") == [(100,)]
+    with engine.connect() as conn:  # pre-ping replaced the broken pooled connection
+        assert conn.execute(sqlalchemy.text("SELECT count(*) FROM survivors")).scalar() == 100
+    engine.dispose()
     assert bridge.status()["restarts"] == 1
     assert pid_gone(old)
     assert node_pids_for(fresh_data_dir) == [new]
@@ -239,6 +247,8 @@ def test_second_process_attaches_and_never_opens_twice(fresh_data_dir: Path) -> 
         assert status["pid"] == owner.pid
         bridge.stop()  # only detaches
         assert query(owner_dsn, "SELECT 1") == [(1,)]
+        watcher = Bridge(fresh_data_dir, options=FAST).start()
+        assert watcher.attached and watcher.running
 
         with pytest.raises(DataDirLockedError) as info:
             Bridge(fresh_data_dir, attach=False, options=FAST).start()
@@ -256,6 +266,7 @@ def test_second_process_attaches_and_never_opens_twice(fresh_data_dir: Path) -> 
         owner.stdin.close()
         assert owner.wait(30) == 0
     assert pid_gone(node_pid)
+    assert not watcher.running  # its server went away with the owner
 
 
 # ------------------------------------------------------------------- ports, addresses
