@@ -118,7 +118,7 @@ def parse_dotenv(text: str) -> dict[str, str]:
     literal; unquoted values end at `` #``. Lines that are not assignments are ignored.
     """
     result: dict[str, str] = {}
-    for raw in text.splitlines():
+    for raw in text.split("\n"):  # not splitlines(): it also splits on \x1c-\x1e, \x85, \u2028
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -232,7 +232,10 @@ def parse_database_url(url: str, *, cwd: Path | None = None) -> DatabaseTarget:
             raise _url_error(url, "the database file path is empty", "sqlite")
         return DatabaseTarget("sqlite", url)
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced [ ] in the host or password part
+        raise _url_error(url, f"it is not a valid URL ({exc})", "postgresql") from exc
     if not parts.path.strip("/"):
         raise _url_error(url, "the database name is missing (…/dbname)", "postgresql")
     try:
