@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
 import json
 import os
 import shlex
@@ -434,14 +435,16 @@ def _check(name: str, fn: Callable[[], str]) -> bool:
     try:
         detail = fn()
     except HiveBridgeError as exc:
-        fix = getattr(exc, "fix", None)
-        message = str(exc)
-        _out(f"FAIL {name}: {message}")
-        if fix and f"Fix: {fix}" not in message:
-            _out(f"     fix: {fix}")
+        _out(f"FAIL {name}: {str(exc).removeprefix('hive-bridge: ')}")
         return False
-    _out(f"OK   {name}: {detail}")
+    if detail.startswith(_SKIPPED):
+        _out(f"SKIP {name}: {detail.removeprefix(_SKIPPED)}")
+    else:
+        _out(f"OK   {name}: {detail}")
     return True
+
+
+_SKIPPED = "skipped: "
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -459,11 +462,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             ("tenacity", "tenacity"),
         ):
             try:
-                mod = importlib.import_module(module)
+                importlib.import_module(module)
+                version = importlib.metadata.version(dist.split("[")[0])
             except ImportError:
                 missing.append(dist)
+            except importlib.metadata.PackageNotFoundError:
+                found.append(f"{module} (version unknown)")
             else:
-                found.append(f"{module} {getattr(mod, '__version__', '?')}")
+                found.append(f"{module} {version}")
         if missing:
             raise BridgeNotFoundError(
                 cause="python_deps",
@@ -508,7 +514,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         error = js_result.get("error")
         if error is not None:
             if error.cause in ("js_dir_missing", "server_js_missing", "lockfile_missing"):
-                return "skipped (bridge-js itself is missing)"
+                return _SKIPPED + "bridge-js itself is missing"
             raise error
         return f"match package-lock.json; PGlite {run_js_check()}"
 
