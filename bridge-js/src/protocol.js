@@ -8,6 +8,23 @@ export const PROTOCOL_3_0 = 196608;
 
 export const MAX_STARTUP_PACKET = 10000; // PostgreSQL's own limit
 export const MAX_MESSAGE_LEN = 1 << 30; // 1 GiB, PostgreSQL's PQ_LARGE_MESSAGE_LIMIT
+export const SMALL_MESSAGE_LEN = 10000; // PQ_SMALL_MESSAGE_LIMIT: every other message type
+export const MAX_AUTH_MESSAGE_LEN = 65535; // PG_MAX_AUTH_TOKEN_LENGTH
+
+const LARGE_TYPES = new Set([...'QPBFdcf'].map((c) => c.charCodeAt(0)));
+const SMALL_TYPES = new Set([...'DECSHX'].map((c) => c.charCodeAt(0)));
+
+/** What a ready session may send, as PostgreSQL's SocketBackend decides it: type -> max length, -1 refused. */
+export function clientMessageLimit(type) {
+  if (LARGE_TYPES.has(type)) return MAX_MESSAGE_LEN;
+  if (SMALL_TYPES.has(type)) return SMALL_MESSAGE_LEN;
+  return -1;
+}
+
+/** During authentication only SASL responses ('p') are expected. */
+export function authMessageLimit(type) {
+  return type === 0x70 ? MAX_AUTH_MESSAGE_LEN : -1;
+}
 
 export class ProtocolError extends Error {
   constructor(message, code = '08P01') {
@@ -29,6 +46,12 @@ export class FrameReader {
     this.buf = null;
     this.startup = true;
     this.maxMessage = maxMessage;
+    this.limitFor = null; // type byte -> largest allowed length, or -1 for a type that is not allowed
+  }
+
+  /** Check each message's type and length from its header, before waiting for its body. */
+  setLimits(limitFor) {
+    this.limitFor = limitFor;
   }
 
   push(chunk) {
@@ -48,9 +71,12 @@ export class FrameReader {
       this.buf = buf.subarray(len);
       return msg;
     }
+    if (buf.length < 1) return null;
+    const limit = this.limitFor ? this.limitFor(buf[0]) : this.maxMessage;
+    if (limit < 0) throw new ProtocolError(`invalid frontend message type ${buf[0]} ("${String.fromCharCode(buf[0])}")`);
     if (buf.length < 5) return null;
     const len = buf.readInt32BE(1);
-    if (len < 4 || len > this.maxMessage) {
+    if (len < 4 || len > limit) {
       throw new ProtocolError(`invalid message length ${len} for message type "${String.fromCharCode(buf[0])}"`);
     }
     if (buf.length < len + 1) return null;

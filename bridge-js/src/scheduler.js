@@ -277,6 +277,8 @@ export class Scheduler {
       case SYNC:
         ctx.boundaries += 1;
         return buf;
+      case FLUSH:
+        return buf; // asks for output; opens nothing
       case PARSE: {
         ctx.extended = true;
         const f = P.parseNameAt(buf, 5);
@@ -351,7 +353,6 @@ export class Scheduler {
   async runBatch(s, parts, ctx, { stripCopyIn = false } = {}) {
     const before = s.txStatus;
     let prefix = null;
-    if (ctx.extended) s.atSyncBoundary = false;
     try {
       if (ctx.pre.length) {
         // Re-prepare what this client needs; the answers are ours, except an error, which is the client's.
@@ -398,6 +399,7 @@ export class Scheduler {
       lastType = type;
       if (type === Z) {
         s.txStatus = String.fromCharCode(out[start + 5]);
+        s.skippingToSync = false;
       } else if (type === COMPLETE) {
         this.server.stats.queries += 1;
         const c = out[start + 5];
@@ -412,6 +414,7 @@ export class Scheduler {
         // Keep it for the issuing client only if it listens too, with its own pid (as PostgreSQL would).
         cut(start, end, s.listening.has(n.channel) ? P.notification(s.pid, n.channel, n.payload) : null);
       } else if (type === ERR) {
+        s.skippingToSync = true; // until the ReadyForQuery that ends this batch, if any
         const fields = P.errorFields(out, start, end);
         if (fields.M && fields.M.includes('__hb')) {
           fields.M = s.clientNames(fields.M).split('"?"').join(`"${s.missingName ?? ''}"`);
@@ -426,7 +429,8 @@ export class Scheduler {
       if (last < out.length) pieces.push(out.subarray(last));
       s.send(Buffer.concat(pieces));
     } else s.send(out);
-    s.atSyncBoundary = lastType === Z;
+    if (lastType) s.atSyncBoundary = lastType === Z;
+    else if (ctx.extended) s.atSyncBoundary = false; // e.g. Bind+Execute with no Sync yet: no answer so far
     if (listened) for (const ch of ctx.listens) this.listen(s, ch);
   }
 
@@ -438,7 +442,9 @@ export class Scheduler {
     const head = SQL.lead(sql).slice(0, 10).toLowerCase();
     if (head.startsWith('copy')) {
       const copy = SQL.copyFromStdin(sql);
-      if (!copy || s.txStatus === 'E') return false; // in a failed transaction the backend refuses it at once
+      // In a failed transaction the backend refuses it at once; after an extended-protocol error it
+      // discards everything until Sync. Either way it never enters COPY mode: pass it through.
+      if (!copy || s.txStatus === 'E' || s.skippingToSync) return false;
       s.takeInbox(1);
       // PGlite can only take a COPY FROM STDIN whole (query, data and CopyDone in one call), so the
       // front end answers CopyInResponse itself, buffers the data, then runs it all at once.

@@ -12,11 +12,6 @@ import { parseStartupOptions } from './sql.js';
 const AUTH_SASL_INITIAL = 'initial';
 const AUTH_SASL_FINAL = 'final';
 
-// Frontend message types a client may send once its session is ready: Query, Parse, Bind, Describe,
-// Execute, Close, Sync, Flush, Terminate, CopyData, CopyDone, CopyFail, FunctionCall. Anything else would
-// make PostgreSQL raise FATAL, which in PGlite's single session would end the backend for everyone.
-const CLIENT_TYPES = new Set([...'QPBDECSHXdcfF'].map((c) => c.charCodeAt(0)));
-
 // Startup-packet keys that are not settings.
 const NOT_SETTINGS = new Set(['user', 'database', 'options', 'replication']);
 
@@ -46,6 +41,7 @@ export class Session {
     this.unnamedParse = null; // the client's last Parse of the unnamed statement
     this.txStatus = 'I';
     this.atSyncBoundary = true; // no extended-protocol message has been sent since the last ReadyForQuery
+    this.skippingToSync = false; // an error left the backend discarding this client's messages until Sync
     this.copy = null; // COPY FROM STDIN being buffered: { parts, bytes }
     this.listening = new Set();
     this.closed = false;
@@ -115,9 +111,6 @@ export class Session {
     try {
       for (let m = this.reader.next(); m; m = this.reader.next()) {
         if (this.phase === 'ready') {
-          if (!CLIENT_TYPES.has(m.type)) {
-            throw new P.ProtocolError(`invalid frontend message type ${m.type} ("${String.fromCharCode(m.type)}")`);
-          }
           P.checkNames(m); // malformed names fail now, not when this client's turn comes
           this.inbox.push(m);
           this.inboxBytes += m.buf.length;
@@ -199,6 +192,10 @@ export class Session {
       return;
     }
     this.reader.startup = false;
+    // Types and sizes are checked from each header, as PostgreSQL does: a message type it would refuse
+    // (with FATAL, which in PGlite's one session would end the backend for everyone) or a length beyond
+    // its limit ends this connection at once instead of waiting for a body that may never come.
+    this.reader.setLimits(P.authMessageLimit);
     this.params = pkt.params;
     const unsupported = Object.keys(pkt.params).filter((k) => k.startsWith('_pq_.'));
     if (minor > 0 || unsupported.length) this.send(P.negotiateProtocolVersion(0, unsupported));
@@ -271,6 +268,7 @@ export class Session {
   /** Authenticated: apply the startup settings (through the scheduler unless known), then say hello. */
   beginSession() {
     this.phase = 'starting';
+    this.reader.setLimits(P.clientMessageLimit);
     this.settings = new Map(this.startupSettings);
     const known = this.scheduler.startupReport(this.startupSettings);
     if (known) {
