@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,7 +24,10 @@ from typing import Any
 import psutil
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# test modules here `import wire_support`; pytest's default import mode puts this directory on
+# sys.path anyway, this makes it hold under --import-mode=importlib too
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from wire_support import (
     SERVER_BUG_MARKERS,
@@ -194,10 +198,8 @@ def _wire_checks(request: pytest.FixtureRequest) -> Iterator[None]:
     except AssertionError:
         left = leftovers()
         for pid in left:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         problems.append(
             "the test left processes running:\n" + "\n".join(f"  {p}: {c}" for p, c in left.items())
         )
@@ -208,8 +210,9 @@ def _wire_checks(request: pytest.FixtureRequest) -> Iterator[None]:
                 and server.exit_code is None
                 and server.proc.poll() is not None
             ):
+                code = server.proc.returncode
                 problems.append(
-                    f"{server!r} died during the test (exit {server.proc.returncode}):\n{tail(server.log_path)}"
+                    f"{server!r} died during the test (exit {code}):\n{tail(server.log_path)}"
                 )
             offset = log_offsets.get(id(server), 0)
             try:

@@ -31,11 +31,17 @@ async def test_asyncpg_concurrent_prepared_queries(server: WireServer, unique) -
         conn = await server.asyncpg()
         try:
             # the same SQL text in every connection: the same client-side statement names
-            stmt = await conn.prepare("SELECT $1::int AS i, $2::text AS tag, $1::int * $3::int AS product")
+            stmt = await conn.prepare(
+                "SELECT $1::int AS i, $2::text AS tag, $1::int * $3::int AS product"
+            )
             name = await conn.prepare(f"SELECT count(*) FROM {table} WHERE who = $1")
             for i in range(ROUNDS):
                 row = await stmt.fetchrow(i, f"task{k}", k + 1)
-                assert (row["i"], row["tag"], row["product"]) == (i, f"task{k}", i * (k + 1)), (k, i, row)
+                assert (row["i"], row["tag"], row["product"]) == (i, f"task{k}", i * (k + 1)), (
+                    k,
+                    i,
+                    row,
+                )
                 # statement cache path (named statements created on the fly)
                 assert await conn.fetchval("SELECT $1::int + $2::int", i, k) == i + k
                 if i % 25 == 0:
@@ -47,11 +53,17 @@ async def test_asyncpg_concurrent_prepared_queries(server: WireServer, unique) -
             await conn.close()
 
     try:
-        counts = await asyncio.wait_for(asyncio.gather(*(worker(k) for k in range(TASKS))), timeout=60)
+        counts = await asyncio.wait_for(
+            asyncio.gather(*(worker(k) for k in range(TASKS))), timeout=60
+        )
         assert counts == [ROUNDS // 25] * TASKS
-        rows = await setup.fetch(f"SELECT who, count(*) AS c, sum(n) AS s FROM {table} GROUP BY who ORDER BY who")
+        rows = await setup.fetch(
+            f"SELECT who, count(*) AS c, sum(n) AS s FROM {table} GROUP BY who ORDER BY who"
+        )
         expected_sum = sum(range(0, ROUNDS, 25))
-        assert [(r["who"], r["c"], r["s"]) for r in rows] == [(k, ROUNDS // 25, expected_sum) for k in range(TASKS)]
+        assert [(r["who"], r["c"], r["s"]) for r in rows] == [
+            (k, ROUNDS // 25, expected_sum) for k in range(TASKS)
+        ]
     finally:
         await setup.execute(f"DROP TABLE IF EXISTS {table}")
         await setup.close()
@@ -66,14 +78,18 @@ def test_psycopg_thread_pool_prepared_queries(server: WireServer, unique) -> Non
         with server.psycopg() as conn:
             for i in range(ROUNDS):
                 row = conn.execute(
-                    "SELECT %s::int, %s::text, %s::int * %s::int", (i, f"thread{k}", i, k + 1), prepare=True
+                    "SELECT %s::int, %s::text, %s::int * %s::int",
+                    (i, f"thread{k}", i, k + 1),
+                    prepare=True,
                 ).fetchone()
                 assert row == (i, f"thread{k}", i * (k + 1)), (k, i, row)
                 # default path: prepared by psycopg after prepare_threshold executions
                 assert conn.execute("SELECT %s::int + %s::int", (i, k)).fetchone() == (i + k,)
                 if i % 25 == 0:
                     conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", (k, i))
-                    n = conn.execute(f"SELECT count(*) FROM {table} WHERE who = %s", (k,)).fetchone()
+                    n = conn.execute(
+                        f"SELECT count(*) FROM {table} WHERE who = %s", (k,)
+                    ).fetchone()
                     assert n == (i // 25 + 1,)
                     conn.commit()
             return conn.execute(f"SELECT count(*) FROM {table} WHERE who = %s", (k,)).fetchone()[0]
@@ -123,7 +139,8 @@ CLIENT_PROCESS = textwrap.dedent(
         binds = [ln for ln in trace if "Bind" in ln and '"_pg3_' in ln]
         await conn.close()
         pconn.close()
-        print(json.dumps({"rows": mine, "asyncpg_names": names, "psycopg_prepared_binds": len(binds)}), flush=True)
+        result = {"rows": mine, "asyncpg_names": names, "psycopg_prepared_binds": len(binds)}
+        print(json.dumps(result), flush=True)
 
     asyncio.run(main())
     """
@@ -137,7 +154,16 @@ def test_two_processes_with_default_driver_settings(server: WireServer, unique) 
         conn.execute(f"CREATE TABLE {table} (who text, n int)")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CLIENT_PROCESS, server.dsn, server.async_dsn, table, tag, str(rounds)],
+            [
+                sys.executable,
+                "-c",
+                CLIENT_PROCESS,
+                server.dsn,
+                server.async_dsn,
+                table,
+                tag,
+                str(rounds),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -148,7 +174,9 @@ def test_two_processes_with_default_driver_settings(server: WireServer, unique) 
     try:
         for proc in procs:
             line = proc.stdout.readline()
-            assert line.strip() == "ready", f"client process did not get ready: {line!r}\n{proc.stderr.read()}"
+            assert line.strip() == "ready", (
+                f"client process did not get ready: {line!r}\n{proc.stderr.read()}"
+            )
         for proc in procs:  # both hold prepared statements now; run at the same time
             proc.stdin.write("go\n")
             proc.stdin.flush()
@@ -170,7 +198,9 @@ def test_two_processes_with_default_driver_settings(server: WireServer, unique) 
     assert results[0]["asyncpg_names"] == results[1]["asyncpg_names"]
     assert results[0]["asyncpg_names"][0].startswith("__asyncpg_stmt_")
     with server.psycopg(autocommit=True) as conn:
-        rows = conn.execute(f"SELECT who, count(*), sum(n) FROM {table} GROUP BY who ORDER BY who").fetchall()
+        rows = conn.execute(
+            f"SELECT who, count(*), sum(n) FROM {table} GROUP BY who ORDER BY who"
+        ).fetchall()
         conn.execute(f"DROP TABLE {table}")
     total = sum(range(rounds))
     assert rows == [("p1", rounds, total), ("p2", rounds, total)]
@@ -188,7 +218,9 @@ async def test_asyncpg_prepare_then_other_connection(server: WireServer) -> None
         try:
             value = await asyncio.wait_for(b.fetchval("SELECT 41 + 1"), timeout=3)
         except TimeoutError:
-            pytest.fail("a query on connection B waited >3 s because connection A had prepared a statement")
+            pytest.fail(
+                "a query on connection B waited >3 s because connection A had prepared a statement"
+            )
         assert value == 42
         assert await stmt.fetchval(1) == 2
     finally:

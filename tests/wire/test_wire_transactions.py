@@ -109,7 +109,7 @@ def test_transactions_from_many_threads_do_not_interleave(server: WireServer, un
                     with conn.transaction():
                         (v,) = conn.execute(f"SELECT v FROM {table}").fetchone()
                         conn.execute(f"UPDATE {table} SET v = %s", (v + 1,))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]

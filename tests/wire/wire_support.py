@@ -7,6 +7,7 @@ name is unique so it cannot clash with ``tests/helpers.py`` on ``sys.path``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -65,8 +66,9 @@ async def async_wait_until(
         await asyncio.sleep(interval)
 
 
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(fn, *args)
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking call (psycopg, a raw socket read) without blocking the event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 # ---- the server ------------------------------------------------------------------------------------
@@ -229,10 +231,8 @@ class WireServer:
                 self.proc.wait(5)
         self.exit_code = self.proc.returncode
         if self.proc.stdin:
-            try:
+            with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-            except OSError:
-                pass
         for f in self._files:
             f.close()
         self._files.clear()
