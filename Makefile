@@ -51,3 +51,11 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
 
 # bench, soak and torture targets live below (added separately)
+
+# ---- benchmark: hive-bridge vs stock pglite-server, py-pglite, PostgreSQL 15 (scripts/bench.py) ----
+# ~5 minutes; `make bench BENCH_ARGS=--quick` for a smoke run. Results go to bench/ (git-ignored).
+# matplotlib is only needed for the chart, so it is installed here on demand, not in pyproject.toml.
+.PHONY: bench
+bench: install
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet matplotlib
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
