@@ -187,6 +187,11 @@ def _wire_checks(request: pytest.FixtureRequest) -> Iterator[None]:
     log_offsets = {id(s): s.log_size() for s in factory.running()} if factory else {}
     yield
     problems: list[str] = []
+    for server in factory.servers if factory else []:
+        if id(server) not in servers_before and server.exit_code is None:
+            # started by the test itself (not by a session or module fixture) and never stopped
+            server.stop()
+            problems.append(f"{server!r} was started by the test and left running")
 
     def leftovers() -> dict[int, str]:
         return {pid: cmd for pid, cmd in _children().items() if pid not in children_before}

@@ -25,6 +25,7 @@ def test_unknown_admin_path_is_404(server: WireServer) -> None:
 
 @pytest.mark.asyncio
 async def test_stats_count_connections_and_queries(server: WireServer) -> None:
+    server.settled_connections()
     before = server.stats()
     for key in (
         "connections",

@@ -153,7 +153,7 @@ async def test_unknown_database_is_3D000(server: WireServer) -> None:
 
 @pytest.mark.asyncio
 async def test_terminate_closes_the_socket(server: WireServer) -> None:
-    baseline = server.stats()["connections"]
+    baseline = server.settled_connections()
     conn = await server.asyncpg()
     assert await conn.fetchval("SELECT 1") == 1
     t0 = time.monotonic()
@@ -213,7 +213,7 @@ def test_psql_with_sslmode_prefer(server: WireServer) -> None:
 
 @pytest.mark.asyncio
 async def test_ten_connections_at_once(server: WireServer) -> None:
-    baseline = server.stats()["connections"]
+    baseline = server.settled_connections()
     conns = await asyncio.wait_for(
         asyncio.gather(*(server.asyncpg() for _ in range(10))), timeout=20
     )

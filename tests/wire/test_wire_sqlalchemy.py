@@ -34,7 +34,7 @@ def _model(table: str):
 
 def test_sync_engine_concurrent_sessions_and_dispose(server: WireServer, unique) -> None:
     Base, Item = _model(unique("sa_items"))
-    baseline = server.stats()["connections"]
+    baseline = server.settled_connections()
     engine = create_engine(
         server.sqlalchemy_url("psycopg"), pool_size=5, max_overflow=0, pool_timeout=30
     )
@@ -80,7 +80,7 @@ async def test_async_engine_concurrent_sessions_and_dispose(server: WireServer, 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
     Base, Item = _model(unique("sa_async_items"))
-    baseline = server.stats()["connections"]
+    baseline = server.settled_connections()
     engine = create_async_engine(
         server.sqlalchemy_url("asyncpg"), connect_args={"ssl": False}, pool_size=5, max_overflow=0
     )

@@ -197,6 +197,17 @@ class WireServer:
         result: dict[str, Any] = json.loads(body)
         return result
 
+    def settled_connections(self, timeout: float = 3.0) -> int:
+        """The open connection count once earlier tests' closing connections are gone.
+
+        Every test closes what it opens, but the server may see a close a moment after the client
+        returned from it; a baseline taken during that moment would be off by one.
+        """
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: self.stats()["connections"] == 0, timeout=timeout)
+        count: int = self.stats()["connections"]
+        return count
+
     # -- lifetime --
 
     def alive(self) -> bool:
