@@ -7,6 +7,7 @@ of every client that lived in the old backend session (prepared statements, sett
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 import time
 
@@ -14,7 +15,15 @@ import asyncpg
 import psycopg
 import pytest
 from psycopg import errors
-from wire_support import WireServer, async_wait_until, in_thread, wait_until
+from wire_support import (
+    RawConn,
+    WireServer,
+    async_wait_until,
+    error_fields,
+    in_thread,
+    query_message,
+    wait_until,
+)
 
 
 def _running(server: WireServer, pid: int) -> bool:
@@ -186,3 +195,32 @@ def test_statement_timeout_as_startup_option(server: WireServer) -> None:
     with server.psycopg(autocommit=True) as plain:
         assert plain.execute("SHOW statement_timeout").fetchone() == ("0",)
         assert plain.execute("SELECT pg_sleep(0.3)").fetchone() == ("",)
+
+
+def test_raw_cancel_request(server: WireServer) -> None:
+    """CancelRequest on its own socket, with the pid and secret from BackendKeyData: the running query
+    ends with ErrorResponse 57014 then ReadyForQuery, and the cancel socket is closed."""
+    with RawConn(server.port) as raw:
+        keys = [body for kind, body in raw.start() if kind == b"K"]
+        assert len(keys) == 1
+        pid, secret = struct.unpack("!iI", keys[0])
+        raw.send(query_message("SELECT pg_sleep(30)"))
+        wait_until(lambda: _running(server, pid), timeout=5, what="pg_sleep to run")
+        t0 = time.monotonic()
+        with RawConn(server.port) as canceller:
+            canceller.send(struct.pack("!iiiI", 16, 80877102, pid, secret))
+            assert canceller.read_to_eof(5) == b""
+        msgs = raw.read_until_ready()
+        assert time.monotonic() - t0 < 1.5
+        errs = [error_fields(body) for kind, body in msgs if kind == b"E"]
+        assert len(errs) == 1, msgs
+        assert errs[0]["C"] == "57014"
+        assert msgs[-1] == (b"Z", b"I")
+        # a wrong secret cancels nothing
+        raw.send(query_message("SELECT pg_sleep(0.5)"))
+        wait_until(lambda: _running(server, pid), timeout=5, what="pg_sleep to run")
+        with RawConn(server.port) as canceller:
+            canceller.send(struct.pack("!iiiI", 16, 80877102, pid, (secret + 1) % 2**32))
+            canceller.read_to_eof(5)
+        msgs = raw.read_until_ready()
+        assert [k for k, _ in msgs if k == b"E"] == [], msgs

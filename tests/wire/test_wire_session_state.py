@@ -139,3 +139,33 @@ async def test_session_state_from_threads(server: WireServer) -> None:
     results = await asyncio.gather(*(in_thread(run, s) for s in styles))
     for (style, expected), got in zip(styles.items(), results, strict=True):
         assert set(got) == {expected}, style
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("statement", ["DISCARD ALL", "DEALLOCATE ALL"])
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+async def test_discard_and_deallocate_all_affect_only_that_client(
+    server: WireServer, statement: str, protocol: str
+) -> None:
+    """README: DISCARD ALL / DEALLOCATE ALL drop only the issuing client's statements and settings.
+    asyncpg's execute() sends a simple query; fetch() sends the same text through Parse/Bind."""
+    a = await server.asyncpg()
+    b = await server.asyncpg()
+    try:
+        await b.execute("SET TimeZone = 'Asia/Tokyo'")
+        stmt = await b.prepare("SELECT $1::int + 1")
+        assert await stmt.fetchval(1) == 2
+        own = await a.prepare("SELECT $1::int + 2")
+        assert await own.fetchval(1) == 3
+        if protocol == "simple":
+            await a.execute(statement)
+        else:
+            await a.fetch(statement)
+        # B's statement and setting are untouched
+        assert await stmt.fetchval(2) == 3
+        assert await b.fetchval("SHOW TimeZone") == "Asia/Tokyo"
+        # and A goes on normally (asyncpg re-prepares what it lost)
+        assert await a.fetchval("SELECT $1::int * 5", 2) == 10
+    finally:
+        await a.close()
+        await b.close()
