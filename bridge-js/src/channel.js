@@ -62,8 +62,12 @@ export class Channel {
     ctrl[REQ_LEN] = len;
     Atomics.store(ctrl, STATE, ST_REQUEST);
     Atomics.notify(ctrl, STATE);
-    const wait = Atomics.waitAsync(ctrl, STATE, ST_REQUEST);
-    if (wait.async) await wait.value;
+    // Wait until the worker has answered. A wake-up can arrive with the request still pending (a late
+    // notification from the previous answer was seen to resolve the wait): check and wait again.
+    while (Atomics.load(ctrl, STATE) === ST_REQUEST) {
+      const wait = Atomics.waitAsync(ctrl, STATE, ST_REQUEST);
+      if (wait.async) await wait.value;
+    }
     const state = Atomics.load(ctrl, STATE);
     const n = ctrl[RESP_LEN];
     const data = Buffer.allocUnsafe(n);
