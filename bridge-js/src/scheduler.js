@@ -34,6 +34,8 @@ const ERR = 0x45;
 const NOTIFY = 0x41;
 const COPY_IN = 0x47;
 const COMPLETE = 0x43;
+const SUSPENDED = 0x73;
+const EMPTY = 0x49;
 
 const BATCH_BYTES = 8 << 20;
 const SETTINGS_SNAPSHOT = "SELECT name, setting FROM pg_settings WHERE source = 'session'";
@@ -198,6 +200,14 @@ export class Scheduler {
         }
         if (await this.step(s)) continue;
         if (s.txStatus === 'I' && s.atSyncBoundary && !s.copy) break;
+        if (s.txStatus === 'I' && s.statementOnly && !s.skippingToSync && !s.copy) {
+          // Parse/Describe with no Sync yet (asyncpg's prepare() waits right there): nothing of this
+          // client needs the backend held, only PostgreSQL's implicit transaction is open. Close it with
+          // our own Sync and let others in; the client's own Sync later gets its ReadyForQuery as usual.
+          await this.exec(s, P.sync());
+          s.atSyncBoundary = true;
+          break;
+        }
         // Pinned: inside a transaction, an unfinished extended-protocol batch, or a COPY.
         s.idleSince = Date.now();
         const why = await s.waitForInput(this.idleTimeoutFor(s));
@@ -241,7 +251,7 @@ export class Scheduler {
       return true;
     }
     const gen = this.backend.generation;
-    const ctx = { pre: [], parsed: new Set(), unnamed: null, boundaries: 0, listens: [], extended: false };
+    const ctx = { pre: [], parsed: new Set(), unnamed: null, boundaries: 0, listens: [], extended: false, statementOnly: true };
     const parts = [];
     let n = 0;
     let bytes = 0;
@@ -250,6 +260,7 @@ export class Scheduler {
       if (m.type === TERMINATE) break;
       n += 1;
       if (m.type === COPY_DATA || m.type === COPY_DONE || m.type === COPY_FAIL) continue; // outside COPY: ignored, as PostgreSQL does
+      if (!(m.type === PARSE || m.type === FLUSH || ((m.type === DESCRIBE || m.type === CLOSE) && m.buf[5] === 0x53))) ctx.statementOnly = false;
       const out = this.rewrite(s, m, ctx, gen);
       parts.push(out);
       bytes += out.length;
@@ -352,6 +363,7 @@ export class Scheduler {
 
   async runBatch(s, parts, ctx, { stripCopyIn = false } = {}) {
     const before = s.txStatus;
+    const wasAtBoundary = s.atSyncBoundary;
     let prefix = null;
     try {
       if (ctx.pre.length) {
@@ -371,6 +383,8 @@ export class Scheduler {
       }
       if (prefix) s.send(prefix);
       this.deliver(s, out, ctx, stripCopyIn);
+      // Still inside an unfinished batch: was everything since the last Sync statement-level only?
+      s.statementOnly = !s.atSyncBoundary && (wasAtBoundary || s.statementOnly) && ctx.statementOnly === true;
     } catch (err) {
       if (!(err instanceof Interrupted)) throw err;
       await this.afterInterrupt(s, before, ctx, err);
@@ -400,6 +414,8 @@ export class Scheduler {
       if (type === Z) {
         s.txStatus = String.fromCharCode(out[start + 5]);
         s.skippingToSync = false;
+      } else if (type === SUSPENDED || type === EMPTY) {
+        this.server.stats.queries += 1; // Execute with a row limit (asyncpg fetchval), or an empty query
       } else if (type === COMPLETE) {
         this.server.stats.queries += 1;
         const c = out[start + 5];

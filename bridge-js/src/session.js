@@ -42,6 +42,7 @@ export class Session {
     this.txStatus = 'I';
     this.atSyncBoundary = true; // no extended-protocol message has been sent since the last ReadyForQuery
     this.skippingToSync = false; // an error left the backend discarding this client's messages until Sync
+    this.statementOnly = false; // the unfinished batch holds only Parse/Describe/Close of statements
     this.copy = null; // COPY FROM STDIN being buffered: { parts, bytes }
     this.listening = new Set();
     this.closed = false;
