@@ -2,8 +2,8 @@
 """Benchmark hive-bridge against the stock pglite-server, py-pglite, a local PostgreSQL 15 and the
 in-process PGlite floor, side by side in one run.
 
-    python scripts/bench.py            # full run, about 5 minutes on 2 cores
-    python scripts/bench.py --quick    # smoke run, about 1 minute
+    python scripts/bench.py            # full run, 4-5 minutes on 2 cores
+    python scripts/bench.py --quick    # smoke run, about 1.5 minutes
     make bench
 
 Measured for each server where it applies: cold start (empty data dir -> first SELECT 1), warm start
@@ -2499,7 +2499,9 @@ def main() -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--quick", action="store_true", help="~1-minute smoke run (1 run per start, short pgbench)"
+        "--quick",
+        action="store_true",
+        help="smoke run, ~1.5 min (1 run per start, pgbench -T 1, simple protocol only)",
     )
     ap.add_argument("--out", default=str(REPO / "bench"), help="output dir (default: bench/)")
     ap.add_argument(
