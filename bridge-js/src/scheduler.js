@@ -251,7 +251,7 @@ export class Scheduler {
       return true;
     }
     const gen = this.backend.generation;
-    const ctx = { pre: [], parsed: new Set(), unnamed: null, boundaries: 0, listens: [], extended: false, statementOnly: true };
+    const ctx = { pre: [], parsed: new Set(), unnamed: null, boundaries: 0, listens: [], unlistens: [], extended: false, statementOnly: true, wiped: null };
     const parts = [];
     let n = 0;
     let bytes = 0;
@@ -279,6 +279,7 @@ export class Scheduler {
         ctx.boundaries += 1;
         ctx.unnamed = 'gone'; // a simple query drops the unnamed statement
         const sql = querySql(m);
+        if (SQL.mayAffectSession(sql)) ctx.unlistens.push(...SQL.unlistenTargets(sql));
         if (sql.length < 300 && /^\s*listen\s/i.test(sql)) {
           const ch = SQL.listenChannel(sql);
           if (ch) ctx.listens.push(ch);
@@ -299,9 +300,12 @@ export class Scheduler {
         if (sqlEnd - f.end < 300 && /^\s*listen\s/i.test(buf.toString('latin1', f.end + 1, Math.min(sqlEnd, f.end + 16)))) {
           listen = SQL.listenChannel(buf.toString('utf8', f.end + 1, sqlEnd));
         }
+        const text = buf.toString('utf8', f.end + 1, sqlEnd);
+        const unlistens = SQL.mayAffectSession(text) ? SQL.unlistenTargets(text) : null;
         if (f.name === '') {
           s.unnamedParse = buf;
           s.unnamedListen = listen;
+          s.unnamedUnlistens = unlistens;
           ctx.unnamed = 'mine';
           return buf;
         }
@@ -309,6 +313,7 @@ export class Scheduler {
         st.parse = P.replaceRange(buf, f.start, f.end, st.bname);
         st.gen = gen;
         st.listen = listen;
+        st.unlistens = unlistens;
         ctx.parsed.add(f.name);
         return st.parse;
       }
@@ -345,6 +350,7 @@ export class Scheduler {
         ctx.unnamed = 'mine';
       }
       if (s.unnamedListen) ctx.listens.push(s.unnamedListen);
+      if (s.unnamedUnlistens) ctx.unlistens.push(...s.unnamedUnlistens);
       return buf;
     }
     const st = s.statements.get(f.name);
@@ -353,6 +359,7 @@ export class Scheduler {
       return P.replaceRange(buf, f.start, f.end, '__hb_missing');
     }
     if (st.listen) ctx.listens.push(st.listen);
+    if (st.unlistens) ctx.unlistens.push(...st.unlistens);
     if (st.gen !== gen && !ctx.parsed.has(f.name)) {
       ctx.pre.push(st.parse); // the backend lost it (restarted): prepare it again first
       st.gen = gen;
@@ -394,6 +401,7 @@ export class Scheduler {
       this.unnamedOwner = s;
       this.unnamedGen = this.backend.generation;
     } else if (ctx.unnamed === 'gone') this.unnamedOwner = null;
+    if (ctx.wiped) await this.repairSession(s, ctx);
     if (s.settingsDirty && s.txStatus !== 'E') await this.snapshotSettings(s);
   }
 
@@ -419,10 +427,13 @@ export class Scheduler {
       } else if (type === COMPLETE) {
         this.server.stats.queries += 1;
         const c = out[start + 5];
-        if (c === 0x53 /* S */ || c === 0x52 /* R */ || c === 0x44 /* D */ || c === 0x4c /* L */) {
+        if (c === 0x53 /* S */ || c === 0x52 /* R */ || c === 0x44 /* D */ || c === 0x4c /* L */ || c === 0x55 /* U */) {
           const [tag] = P.readCString(out, start + 5);
-          if (tag === 'SET' || tag === 'RESET' || tag === 'DISCARD ALL') s.settingsDirty = true;
+          if (tag === 'SET' || tag === 'RESET') s.settingsDirty = true;
           else if (tag === 'LISTEN') listened = true;
+          else if (tag === 'UNLISTEN') ctx.wiped ??= 'unlisten';
+          else if (tag === 'DISCARD ALL') ctx.wiped = 'discard';
+          else if (tag === 'DEALLOCATE ALL' && ctx.wiped !== 'discard') ctx.wiped = 'deallocate';
         }
       } else if (type === NOTIFY) {
         const n = P.parseNotification(out, start);
@@ -510,7 +521,7 @@ export class Scheduler {
     if (!done) return n > 0;
     const parts = s.copy.parts;
     s.copy = null;
-    await this.runBatch(s, [Buffer.concat(parts)], { pre: [], boundaries: 1, listens: [], unnamed: 'gone', extended: false }, { stripCopyIn: true });
+    await this.runBatch(s, [Buffer.concat(parts)], { pre: [], boundaries: 1, listens: [], unlistens: [], unnamed: 'gone', extended: false, wiped: null }, { stripCopyIn: true });
     return true;
   }
 
@@ -549,6 +560,38 @@ export class Scheduler {
     s.settings = new Map(s.startupSettings);
     await this.switchTo(s);
     s.send(Buffer.concat([P.commandComplete('DISCARD ALL'), P.readyForQuery('I')]));
+  }
+
+  /**
+   * A command that changes the whole backend session reached the backend (through the extended protocol,
+   * or inside a multi-statement query such as asyncpg's pool reset "...; UNLISTEN *; RESET ALL;").
+   * Restore what the other clients lost: their prepared statements are prepared again on demand, their
+   * channels listened to again; the issuing client gets what the command means for its own session.
+   */
+  async repairSession(s, ctx) {
+    if (ctx.wiped === 'discard' || ctx.wiped === 'deallocate') {
+      for (const t of this.server.sessions.values()) for (const st of t.statements.values()) st.gen = 0;
+      s.statements.clear();
+      s.unnamedParse = null;
+      this.unnamedOwner = null;
+    }
+    if (ctx.wiped === 'discard') {
+      this.unlistenAll(s);
+      this.applied = new Map();
+      s.settings = new Map(s.startupSettings);
+      s.settingsDirty = false;
+      await this.switchTo(s);
+    } else {
+      for (const ch of ctx.unlistens) {
+        if (ch === '*') this.unlistenAll(s);
+        else this.unlisten(s, ch);
+      }
+    }
+    const channels = [...this.listeners].filter(([, set]) => set.size).map(([ch]) => ch);
+    if (channels.length && s.txStatus !== 'E') {
+      await this.exec(s, P.query(channels.map((c) => `LISTEN ${SQL.quoteIdent(c)}`).join('; ')));
+      this.unnamedOwner = null;
+    }
   }
 
   // ---- settings ------------------------------------------------------------------------------------

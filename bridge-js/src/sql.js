@@ -59,6 +59,18 @@ export function unlistenChannel(sql) {
   return m[1] === '*' ? '*' : identValue(m[1]);
 }
 
+const UNLISTEN_ALL_RE = new RegExp(String.raw`\bunlisten\s+(\*|${IDENT})`, 'gi');
+
+/** Whether a query may contain a command that changes the whole backend session for everyone. */
+export function mayAffectSession(sql) {
+  return /unlisten|discard|deallocate/i.test(sql);
+}
+
+/** Every UNLISTEN target in a (possibly multi-statement) query: '*' or channel names. */
+export function unlistenTargets(sql) {
+  return [...sql.matchAll(UNLISTEN_ALL_RE)].map((m) => (m[1] === '*' ? '*' : identValue(m[1])));
+}
+
 /** DEALLOCATE [PREPARE] name | ALL: { all: true } or { name }, or null. */
 export function deallocate(sql) {
   const m = DEALLOCATE_RE.exec(lead(sql));
