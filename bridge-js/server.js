@@ -38,8 +38,15 @@ function intArg(values, name, dflt, min = -1) {
 }
 
 function parseOptions(argv) {
+  // "--admin-port -1": node's parser would take "-1" for an option; attach negative numbers to their flag.
+  const args = [];
+  for (const a of argv) {
+    if (/^-\d+$/.test(a) && args.length && args[args.length - 1].startsWith('--') && !args[args.length - 1].includes('=')) {
+      args[args.length - 1] += `=${a}`;
+    } else args.push(a);
+  }
   const { values } = parseArgs({
-    args: argv,
+    args,
     options: {
       'data-dir': { type: 'string' },
       memory: { type: 'boolean', default: false },

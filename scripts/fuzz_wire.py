@@ -20,12 +20,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=5000, help="random message sequences to try")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--examples", type=int, default=5000, help="random message sequences to try"
+    )
     args = parser.parse_args()
     env = dict(os.environ, FUZZ_EXAMPLES=str(args.examples), FUZZ_RANDOM="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-show-statistics",
-           str(ROOT / "tests" / "wire" / "test_wire_fuzz.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--hypothesis-show-statistics",
+        str(ROOT / "tests" / "wire" / "test_wire_fuzz.py"),
+    ]
     return subprocess.call(cmd, cwd=ROOT, env=env)
 
 

@@ -22,11 +22,12 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from wire_support import WireServer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
-DEADLINE_S = 6.0  # longer than the fuzz server's idle-in-transaction timeout: a client idle in a transaction holds others that long
+# Longer than the fuzz server's idle-in-transaction timeout: a client idle in a transaction holds
+# the others that long, by design.
+DEADLINE_S = 6.0
 
 
 def msg(kind: bytes, body: bytes) -> bytes:
@@ -76,7 +77,12 @@ def parse_msg(draw: st.DrawFn) -> bytes:
 @st.composite
 def bind_msg(draw: st.DrawFn) -> bytes:
     params = draw(st.lists(st.one_of(st.none(), st.binary(max_size=8)), max_size=3))
-    body = cstr(draw(NAMES)) + cstr(draw(NAMES)) + struct.pack("!h", 0) + struct.pack("!h", len(params))
+    body = (
+        cstr(draw(NAMES))
+        + cstr(draw(NAMES))
+        + struct.pack("!h", 0)
+        + struct.pack("!h", len(params))
+    )
     for p in params:
         body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
     body += struct.pack("!h", draw(st.sampled_from([0, 1])))
@@ -98,8 +104,12 @@ FRAME = st.one_of(
     st.just(msg(b"c", b"")),
     st.just(msg(b"f", cstr("fuzz"))),
     # not a frontend message type at all, or a lying length
-    st.tuples(st.binary(min_size=1, max_size=1), st.binary(max_size=16)).map(lambda t: msg(t[0], t[1])),
-    st.tuples(st.sampled_from([b"Q", b"P", b"d"]), st.integers(-5, 3)).map(lambda t: t[0] + struct.pack("!i", t[1])),
+    st.tuples(st.binary(min_size=1, max_size=1), st.binary(max_size=16)).map(
+        lambda t: msg(t[0], t[1])
+    ),
+    st.tuples(st.sampled_from([b"Q", b"P", b"d"]), st.integers(-5, 3)).map(
+        lambda t: t[0] + struct.pack("!i", t[1])
+    ),
     st.binary(min_size=1, max_size=32),
 )
 
@@ -110,7 +120,14 @@ class Conn:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S)
         self.buf = b""
-        body = struct.pack("!i", 196608) + cstr("user") + cstr("postgres") + cstr("database") + cstr("postgres") + b"\0"
+        body = (
+            struct.pack("!i", 196608)
+            + cstr("user")
+            + cstr("postgres")
+            + cstr("database")
+            + cstr("postgres")
+            + b"\0"
+        )
         self.sock.sendall(struct.pack("!i", len(body) + 4) + body)
         self.closed = False
         assert self.read_until_ready() is not None, "startup handshake did not complete"
@@ -127,7 +144,11 @@ class Conn:
                 length = struct.unpack("!i", self.buf[1:5])[0]
                 if len(self.buf) < length + 1:
                     break
-                kind, body, self.buf = self.buf[:1], self.buf[5 : length + 1], self.buf[length + 1 :]
+                kind, body, self.buf = (
+                    self.buf[:1],
+                    self.buf[5 : length + 1],
+                    self.buf[length + 1 :],
+                )
                 yield kind, body
             left = deadline - time.monotonic()
             if left <= 0:
@@ -160,7 +181,12 @@ def probe(conn: Conn) -> None:
     """The fuzzed connection must answer a query again, or be closed: never hang."""
     for attempt in range(4):
         token = f"probe-{attempt}".encode()
-        conn.send(msg(b"S", b"") + msg(b"c", b"") + msg(b"Q", cstr("ROLLBACK")) + msg(b"Q", cstr(f"SELECT '{token.decode()}'")))
+        conn.send(
+            msg(b"S", b"")
+            + msg(b"c", b"")
+            + msg(b"Q", cstr("ROLLBACK"))
+            + msg(b"Q", cstr(f"SELECT '{token.decode()}'"))
+        )
         if conn.closed:
             return
         # answers to the fuzz itself, the Sync, the ROLLBACK, then the probe
@@ -185,7 +211,7 @@ def ends_mid_message(data: bytes) -> bool:
     pos = 0
     while pos < len(data):
         kind = data[pos]
-        if kind not in LARGE_TYPES and kind not in SMALL_TYPES or kind == ord("X"):
+        if (kind not in LARGE_TYPES and kind not in SMALL_TYPES) or kind == ord("X"):
             return False  # refused (or Terminate): the connection is closed
         if len(data) - pos < 5:
             return True
@@ -212,9 +238,16 @@ def fuzz_server(server_factory) -> WireServer:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.timeout(600)
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=not os.environ.get("FUZZ_RANDOM"))
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=not os.environ.get("FUZZ_RANDOM"),
+)
 @given(frames=st.lists(FRAME, min_size=1, max_size=12))
-def test_fuzzed_client_never_hangs_and_never_hurts_others(fuzz_server: WireServer, frames: list[bytes]) -> None:
+def test_fuzzed_client_never_hangs_and_never_hurts_others(
+    fuzz_server: WireServer, frames: list[bytes]
+) -> None:
     conn = Conn(fuzz_server.port)
     data = b"".join(frames)
     try:
