@@ -11,17 +11,18 @@ DATA   ?= ./data/automagik_hive.db
 
 PY_STAMP  := $(VENV)/.stamp-pyproject
 NPM_STAMP := $(JS)/node_modules/.stamp-npm-ci
+TEMPLATE_STAMP := $(JS)/node_modules/.stamp-template
 
 .PHONY: install run test lint clean help
 
 help:
-	@echo "make install  venv + Python deps + bridge-js node_modules (only what changed)"
+	@echo "make install  venv + Python deps + bridge-js node_modules + data-dir template (only what changed)"
 	@echo "make run      start the server in the foreground on $(DATA), print its DSN"
 	@echo "make test     the whole test suite (real node, PGlite, clients)"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict"
 	@echo "make clean    remove the venv and caches (keeps data/)"
 
-install: $(PY_STAMP) $(NPM_STAMP)
+install: $(PY_STAMP) $(NPM_STAMP) $(TEMPLATE_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,13 @@ $(PY_STAMP): pyproject.toml | $(BIN)/python
 # npm ci wipes node_modules, so the stamp inside it disappears with a stale install
 $(NPM_STAMP): $(JS)/package-lock.json $(JS)/package.json
 	npm ci --prefix $(JS)
+	@touch $@
+
+# the pristine data-dir template (initdb in wasm, ~3 s, once per PGlite version): new data dirs are
+# then a ~0.1 s copy, so the first `make run` starts fast. Cached in $HIVE_BRIDGE_CACHE_DIR or
+# ~/.cache/hive-bridge; the stamp lives in node_modules, so a new PGlite (npm ci) builds it again.
+$(TEMPLATE_STAMP): $(NPM_STAMP)
+	$${HIVE_BRIDGE_NODE:-node} $(JS)/server.js --prepare-template
 	@touch $@
 
 run: install
