@@ -18,19 +18,24 @@ from .engines import (
     stop_auto_bridges,
 )
 from .errors import (
+    BackupError,
     BridgeFatalError,
     BridgeNotFoundError,
     BridgeNotRunningError,
     BridgeStartError,
     ConfigError,
+    DataDirError,
     DataDirLockedError,
     HiveBridgeError,
     PortInUseError,
+    RestoreVersionError,
+    StopRefusedError,
 )
 from .readiness import ping
 from .supervisor import State, SupervisorOptions
 
 __all__ = [
+    "BackupError",
     "Bridge",
     "BridgeFatalError",
     "BridgeNotFoundError",
@@ -38,12 +43,15 @@ __all__ = [
     "BridgeSettings",
     "BridgeStartError",
     "ConfigError",
+    "DataDirError",
     "DataDirLockedError",
     "DatabaseTarget",
     "HiveBridgeError",
     "PortInUseError",
+    "RestoreVersionError",
     "Settings",
     "State",
+    "StopRefusedError",
     "SupervisorOptions",
     "__version__",
     "auto_bridge",

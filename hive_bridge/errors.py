@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 __all__ = [
+    "BackupError",
     "BridgeFatalError",
     "BridgeNotFoundError",
     "BridgeNotRunningError",
     "BridgeStartError",
     "ConfigError",
+    "DataDirError",
     "DataDirLockedError",
     "HiveBridgeError",
     "PortInUseError",
+    "RestoreVersionError",
+    "StopRefusedError",
+    "error_from_dict",
+    "error_to_dict",
 ]
 
 
@@ -160,7 +166,7 @@ class BridgeStartError(HiveBridgeError):
         parts = [self._headline() + (f" ({', '.join(facts)})" if facts else "") + "."]
         if self.node_message:
             parts.append(f"Node said: {self.node_message}")
-        if self.hint:
+        if self.hint and self.hint != self.fix:
             parts.append(f"Hint: {self.hint}")
         fix = self.fix or (
             f"read the server log {self.log_path}, then check the environment with: "
@@ -178,7 +184,10 @@ class BridgeStartError(HiveBridgeError):
 
 
 class PortInUseError(BridgeStartError):
-    """The port the server must listen on is taken by another process."""
+    """The port the server must listen on is taken by another process.
+
+    ``owner_pid``/``owner_name`` name the process that listens there, when psutil can see it.
+    """
 
     def __init__(
         self,
@@ -190,21 +199,30 @@ class PortInUseError(BridgeStartError):
         log_tail: str = "",
         exit_code: int | None = None,
         node_message: str | None = None,
+        owner_pid: int | None = None,
+        owner_name: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.owner_pid = owner_pid
+        self.owner_name = owner_name
+        owner = ""
+        if owner_pid is not None:
+            owner = f" by process {owner_pid}" + (f" ({owner_name})" if owner_name else "")
+        stop = (
+            f"stop process {owner_pid} (kill {owner_pid})"
+            if owner_pid is not None
+            else f"stop whatever listens there (see: ss -ltnp 'sport = :{port}')"
+        )
         super().__init__(
             data_dir=data_dir,
-            reason=f"port {host}:{port} is already in use",
+            reason=f"port {host}:{port} is already in use{owner}",
             log_path=log_path,
             log_tail=log_tail,
             exit_code=exit_code,
             code="port_in_use",
             node_message=node_message,
-            fix=(
-                f"stop whatever listens there (see: ss -ltnp 'sport = :{port}') or choose another "
-                f"port: HIVE_BRIDGE_PORT=0 lets the OS pick a free one"
-            ),
+            fix=(f"{stop} or choose another port: HIVE_BRIDGE_PORT=0 lets the OS pick a free one"),
         )
         self._fields = {
             "data_dir": data_dir,
@@ -214,7 +232,25 @@ class PortInUseError(BridgeStartError):
             "log_tail": log_tail,
             "exit_code": exit_code,
             "node_message": node_message,
+            "owner_pid": owner_pid,
+            "owner_name": owner_name,
         }
+
+
+class DataDirError(BridgeStartError):
+    """The server could not open the data dir (``code``: ``data_dir_invalid``, ``version_mismatch``,
+    ``extension_missing``, ``open_failed``). Nothing in the data dir was changed or deleted.
+
+    ``node_message`` is the cause as the server stated it, ``hint`` its safe next step.
+    """
+
+    def _headline(self) -> str:
+        return f"hive-bridge: cannot open data dir {self.data_dir}: {self.reason}"
+
+    def _message(self) -> str:
+        text = super()._message()
+        head, sep, rest = text.partition("\nFix: ")
+        return f"{head}\nNothing in {self.data_dir} was changed or deleted.{sep}{rest}"
 
 
 class BridgeFatalError(BridgeStartError):
@@ -296,21 +332,170 @@ class BridgeNotRunningError(HiveBridgeError):
 
     exit_status: ClassVar[int] = 3
 
-    def __init__(self, *, data_dir: str, state_path: str, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        state_path: str,
+        detail: str | None = None,
+        fix: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.state_path = state_path
         self.detail = detail
-        super().__init__(data_dir=data_dir, state_path=state_path, detail=detail)
+        self.fix = fix
+        super().__init__(data_dir=data_dir, state_path=state_path, detail=detail, fix=fix)
 
     def _message(self) -> str:
         detail = f" ({self.detail})" if self.detail else ""
+        fix = self.fix or f"start one with: hive-bridge start --data-dir {_q(self.data_dir)}"
         return (
             f"hive-bridge: no server is running for data dir {self.data_dir}{detail}; "
-            f"its state file is {self.state_path}. "
-            f"Fix: start one with: hive-bridge start --data-dir {_q(self.data_dir)}"
+            f"its state file is {self.state_path}. Fix: {fix}"
         )
+
+
+class StopRefusedError(HiveBridgeError):
+    """``hive-bridge stop`` will not stop a server that applications use (without ``--force``).
+
+    ``origin`` is ``api`` (it runs inside application process ``owner_pid``) or ``auto`` (a shared
+    on-demand server; ``users`` are the pids of the processes using it).
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        origin: str,
+        owner_pid: int,
+        owner_cmdline: str = "?",
+        users: list[int] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.origin = origin
+        self.owner_pid = owner_pid
+        self.owner_cmdline = owner_cmdline
+        self.users = list(users or [])
+        super().__init__(
+            data_dir=data_dir,
+            origin=origin,
+            owner_pid=owner_pid,
+            owner_cmdline=owner_cmdline,
+            users=self.users,
+        )
+
+    def _message(self) -> str:
+        d = _q(self.data_dir)
+        if self.origin == "auto":
+            who = ", ".join(str(u) for u in self.users) or "none right now"
+            why = (
+                f"it was started on demand for applications (supervisor pid {self.owner_pid}; "
+                f"processes using it: {who}) and stops by itself shortly after the last of them "
+                f"exits"
+            )
+            fix = (
+                f"stop those applications, or stop it now anyway (their connections will fail) "
+                f"with: hive-bridge stop --force --data-dir {d}"
+            )
+        else:
+            why = (
+                f"the server was started by the application in process {self.owner_pid} "
+                f"({self.owner_cmdline}), which would only restart it"
+            )
+            fix = (
+                f"stop that application, or send it SIGTERM with: hive-bridge stop --force "
+                f"--data-dir {d}"
+            )
+        return (
+            f"hive-bridge: not stopping the server of data dir {self.data_dir}: {why}. Fix: {fix}"
+        )
+
+
+class BackupError(HiveBridgeError):
+    """A backup or restore could not be made. Nothing was overwritten or deleted.
+
+    ``action`` is ``backup`` or ``restore``; ``path`` the file or directory concerned.
+    """
+
+    def __init__(self, *, action: str, path: str, problem: str, fix: str) -> None:
+        self.action = action
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        super().__init__(action=action, path=path, problem=problem, fix=fix)
+
+    def _message(self) -> str:
+        return (
+            f"hive-bridge: {self.action} failed for {self.path}: {self.problem}. "
+            f"Nothing was overwritten or deleted. Fix: {self.fix}"
+        )
+
+
+class RestoreVersionError(BackupError):
+    """The backup holds a data dir of another PGlite minor version than the one installed."""
+
+    def __init__(self, *, path: str, backup_version: str, installed_version: str) -> None:
+        self.backup_version = backup_version
+        self.installed_version = installed_version
+        old = _minor(backup_version)
+        super().__init__(
+            action="restore",
+            path=path,
+            problem=(
+                f"it holds a data dir made by PGlite {backup_version}, but this installation runs "
+                f"PGlite {installed_version}, and PGlite data dirs are not compatible across "
+                f"minor versions"
+            ),
+            fix=(
+                f"upgrade by dump and restore: restore it with a hive-bridge whose bridge-js has "
+                f"PGlite {old}.x, start it and dump it with a pg_dump at least as new as its "
+                f"PostgreSQL "
+                f'(pg_dump "$(hive-bridge url --data-dir OLD)" > dump.sql), then load the dump '
+                f"into a new data dir of this version "
+                f'(hive-bridge start --data-dir NEW; psql "$(hive-bridge url --data-dir NEW)" '
+                f"-f dump.sql)"
+            ),
+        )
+        self._fields = {
+            "path": path,
+            "backup_version": backup_version,
+            "installed_version": installed_version,
+        }
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
 
 
 def display_path(path: Path | str | None) -> str:
     """How a data dir is named in messages (``memory`` for an in-memory database)."""
     return "memory (in-memory database)" if path is None else str(path)
+
+
+# ------------------------------------------------------------- across a process boundary
+
+
+def _subclasses(cls: type[HiveBridgeError]) -> dict[str, type[HiveBridgeError]]:
+    found: dict[str, type[HiveBridgeError]] = {cls.__name__: cls}
+    for sub in cls.__subclasses__():
+        found.update(_subclasses(sub))
+    return found
+
+
+def error_to_dict(error: HiveBridgeError) -> dict[str, Any]:
+    """A JSON-able form of ``error`` (its class name and constructor fields)."""
+    return {"type": type(error).__name__, "fields": dict(error._fields)}
+
+
+def error_from_dict(data: object) -> HiveBridgeError | None:
+    """Rebuild an error written by :func:`error_to_dict` (in another process); ``None`` if unknown."""
+    if not isinstance(data, dict):
+        return None
+    cls = _subclasses(HiveBridgeError).get(str(data.get("type")))
+    fields = data.get("fields")
+    if cls is None or not isinstance(fields, dict):
+        return None
+    try:
+        return cls(**fields)
+    except (TypeError, NotImplementedError):  # fields of another version, or the abstract base
+        return None

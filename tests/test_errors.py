@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
 
 from hive_bridge.errors import (
+    BackupError,
     BridgeFatalError,
     BridgeNotFoundError,
     BridgeNotRunningError,
     BridgeStartError,
     ConfigError,
+    DataDirError,
     DataDirLockedError,
     HiveBridgeError,
     PortInUseError,
+    RestoreVersionError,
+    StopRefusedError,
+    error_from_dict,
+    error_to_dict,
 )
 
 
@@ -37,6 +44,22 @@ def examples() -> list[HiveBridgeError]:
         BridgeFatalError.from_error(start, reason="too many start retries too quickly", attempts=4),
         DataDirLockedError(data_dir="/d/db", lock_path="/d/db.bridge/lock", owner_pid=4242),
         BridgeNotRunningError(data_dir="/d/db", state_path="/d/db.bridge/state.json"),
+        DataDirError(
+            data_dir="/d/db",
+            reason="it was written by another PGlite version",
+            code="version_mismatch",
+            node_message="data dir /d/db was created by PGlite 0.4.0",
+            hint="open it with PGlite 0.4.x",
+            fix="upgrade by dump and restore",
+            exit_code=1,
+        ),
+        PortInUseError(
+            data_dir="/d/db", host="127.0.0.1", port=5433, owner_pid=77, owner_name="postgres"
+        ),
+        BackupError(action="restore", path="/b.tar.gz", problem="no PG_VERSION", fix="another"),
+        RestoreVersionError(path="/b.tar.gz", backup_version="0.4.2", installed_version="0.5.14"),
+        StopRefusedError(data_dir="/d/db", origin="auto", owner_pid=12, users=[34, 56]),
+        StopRefusedError(data_dir="/d/db", origin="api", owner_pid=12, owner_cmdline="python app"),
     ]
 
 
@@ -107,3 +130,48 @@ def test_not_found_is_a_file_not_found_error() -> None:
     assert isinstance(error, FileNotFoundError)
     assert error.errno == 2
     assert error.filename == "PATH=/bin"
+
+
+@pytest.mark.parametrize("error", examples(), ids=lambda e: type(e).__name__)
+def test_errors_cross_a_process_boundary_as_json(error: HiveBridgeError) -> None:
+    """How the detached supervisor hands its start error to the process that started it."""
+    copy = error_from_dict(json.loads(json.dumps(error_to_dict(error))))
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+
+
+def test_unknown_errors_are_not_rebuilt() -> None:
+    assert error_from_dict({"type": "NoSuchError", "fields": {}}) is None
+    assert error_from_dict({"type": "HiveBridgeError", "fields": {}}) is None
+    assert error_from_dict({"type": "ConfigError", "fields": {"unexpected": 1}}) is None
+    assert error_from_dict("ConfigError") is None
+
+
+def test_data_dir_error_says_nothing_was_changed() -> None:
+    error = next(e for e in examples() if isinstance(e, DataDirError))
+    message = str(error)
+    assert message.startswith("hive-bridge: cannot open data dir /d/db: it was written by")
+    assert "Node said: data dir /d/db was created by PGlite 0.4.0" in message
+    assert "Hint: open it with PGlite 0.4.x" in message
+    assert "Nothing in /d/db was changed or deleted.\nFix: upgrade by dump and restore" in message
+    assert isinstance(error, BridgeStartError)
+
+
+def test_port_in_use_names_its_owner() -> None:
+    error = next(e for e in examples() if isinstance(e, PortInUseError) and e.owner_pid)
+    assert "port 127.0.0.1:5433 is already in use by process 77 (postgres)" in str(error)
+    assert "kill 77" in str(error)
+
+
+def test_restore_version_error_gives_the_upgrade_path() -> None:
+    error = next(e for e in examples() if isinstance(e, RestoreVersionError))
+    assert (error.backup_version, error.installed_version) == ("0.4.2", "0.5.14")
+    assert "PGlite 0.4.x" in str(error) and "pg_dump" in str(error)
+    assert "Nothing was overwritten or deleted" in str(error)
+
+
+def test_stop_refused_names_users_and_force() -> None:
+    auto, api = (e for e in examples() if isinstance(e, StopRefusedError))
+    assert "processes using it: 34, 56" in str(auto)
+    assert "hive-bridge stop --force --data-dir /d/db" in str(auto)
+    assert "started by the application in process 12 (python app)" in str(api)
