@@ -27,6 +27,8 @@ __all__ = [
     "DatabaseTarget",
     "LogLevel",
     "Settings",
+    "check_exposure",
+    "is_loopback",
     "load_bridge_settings",
     "load_settings",
     "mask_url",
@@ -78,7 +80,11 @@ class DatabaseTarget:
 
 @dataclass(frozen=True)
 class BridgeSettings:
-    """How to run the bridge: ``HIVE_BRIDGE_*`` and ``HIVE_LOG_LEVEL``."""
+    """How to run the bridge: ``HIVE_BRIDGE_*`` and ``HIVE_LOG_LEVEL``.
+
+    ``socket_dir`` ``None`` means the default place (see :func:`hive_bridge.paths.socket_dir_for`);
+    ``unix_socket=False`` (``HIVE_BRIDGE_SOCKET_DIR=off``) turns the Unix socket off.
+    """
 
     log_level: LogLevel = "INFO"
     node: str | None = None
@@ -86,6 +92,10 @@ class BridgeSettings:
     run_dir: Path | None = None
     port: int = 0
     host: str = "127.0.0.1"
+    allow_remote: bool = False
+    socket_dir: Path | None = None
+    unix_socket: bool = True
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -265,7 +275,54 @@ def normalize_postgres_url(url: str, *, async_: bool) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
+# ------------------------------------------------------------------------------ exposure
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the server would listen on loopback only (the same rule as bridge-js)."""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def check_exposure(host: str, allow_remote: bool, *, setting: str = "HIVE_BRIDGE_HOST") -> None:
+    """Refuse a non-loopback listen address unless remote access was asked for explicitly."""
+    if allow_remote or is_loopback(host):
+        return
+    raise ConfigError(
+        setting=setting,
+        value=host,
+        problem=(
+            "it is not a loopback address, so the database would be reachable from other "
+            "machines, and HIVE_BRIDGE_ALLOW_REMOTE is not set"
+        ),
+        example="HIVE_BRIDGE_HOST=127.0.0.1",
+        fix=(
+            "listen on 127.0.0.1 (unset HIVE_BRIDGE_HOST), or set HIVE_BRIDGE_ALLOW_REMOTE=1 if you "
+            "really mean to expose it (clients then need the password in <data dir>.bridge/password)"
+        ),
+    )
+
+
 # -------------------------------------------------------------------------------- settings
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+SOCKET_OFF = frozenset({"off", "none", "no", "0", "false"})
+
+
+def _bool_setting(env: Mapping[str, str], name: str) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError(
+        setting=name,
+        value=raw,
+        problem="not a yes/no value (use 1, true, yes, on or 0, false, no, off)",
+        example=f"{name}=1",
+    )
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -379,11 +436,22 @@ def _bridge_settings(env: Mapping[str, str], base: Path) -> BridgeSettings:
             example="HIVE_BRIDGE_PORT=0",
         )
 
+    host = _get(env, "HIVE_BRIDGE_HOST") or "127.0.0.1"
+    allow_remote = _bool_setting(env, "HIVE_BRIDGE_ALLOW_REMOTE")
+    check_exposure(host, allow_remote)
+
+    socket_raw = _get(env, "HIVE_BRIDGE_SOCKET_DIR")
+    unix_socket = socket_raw is None or socket_raw.lower() not in SOCKET_OFF
+
     return BridgeSettings(
         log_level=level,
         node=_get(env, "HIVE_BRIDGE_NODE"),
         js_dir=_path_setting(env, "HIVE_BRIDGE_JS_DIR", base),
         run_dir=_path_setting(env, "HIVE_BRIDGE_RUN_DIR", base),
         port=port,
-        host=_get(env, "HIVE_BRIDGE_HOST") or "127.0.0.1",
+        host=host,
+        allow_remote=allow_remote,
+        socket_dir=_path_setting(env, "HIVE_BRIDGE_SOCKET_DIR", base) if unix_socket else None,
+        unix_socket=unix_socket,
+        cache_dir=_path_setting(env, "HIVE_BRIDGE_CACHE_DIR", base),
     )

@@ -262,3 +262,24 @@ def test_normalize_postgres_url(url: str, async_: bool, expected: str) -> None:
 )
 def test_mask_url(url: str, masked: str) -> None:
     assert mask_url(url) == masked
+
+
+def test_socket_and_cache_settings() -> None:
+    default = load_bridge_settings({}, cwd=CWD, dotenv=False)
+    assert (default.unix_socket, default.socket_dir, default.cache_dir) == (True, None, None)
+    assert default.allow_remote is False
+    configured = load_bridge_settings(
+        {"HIVE_BRIDGE_SOCKET_DIR": "run/sock", "HIVE_BRIDGE_CACHE_DIR": "/var/cache/hb"},
+        cwd=CWD,
+        dotenv=False,
+    )
+    assert configured.socket_dir == CWD / "run" / "sock"
+    assert configured.cache_dir == Path("/var/cache/hb")
+    for off in ("off", "OFF", "none", "0"):
+        settings = load_bridge_settings({"HIVE_BRIDGE_SOCKET_DIR": off}, cwd=CWD, dotenv=False)
+        assert (settings.unix_socket, settings.socket_dir) == (False, None)
+    for yes in ("1", "true", "YES", "on"):
+        settings = load_bridge_settings(
+            {"HIVE_BRIDGE_ALLOW_REMOTE": yes, "HIVE_BRIDGE_HOST": "0.0.0.0"}, dotenv=False
+        )
+        assert settings.allow_remote is True
