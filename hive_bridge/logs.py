@@ -61,6 +61,7 @@ class LogTailer(threading.Thread):
 
     def run(self) -> None:
         pending = b""
+        last_pid: int | None = None
         while True:
             stopping = self._stop_event.is_set()
             try:
@@ -76,7 +77,9 @@ class LogTailer(threading.Thread):
                 self.offset += len(data)
                 pending += data
                 *lines, pending = pending.split(b"\n")
-                pid = self._pid()
+                # lines read after Node exited were still printed by it: keep the last pid known
+                pid = self._pid() or last_pid
+                last_pid = pid
                 for line in lines:
                     text = line.decode("utf-8", "replace").rstrip()
                     if text:
