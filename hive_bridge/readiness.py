@@ -21,10 +21,12 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
-from .errors import BridgeStartError, PortInUseError, display_path
+from .errors import BridgeStartError, DataDirError, PortInUseError, display_path
+from .ports import port_owner
 from .process import NodeProcess, read_log_tail
 
 __all__ = [
+    "DATA_DIR_CODES",
     "NON_RETRYABLE_CODES",
     "ReadyInfo",
     "StartCancelled",
@@ -40,21 +42,34 @@ POLL_INTERVAL = 0.015
 ANSWER_WITHIN = 10.0
 #: node error codes a retry cannot fix (see bridge-js/README.md)
 NON_RETRYABLE_CODES = frozenset(
-    {"bad_args", "data_dir_invalid", "lock_required", "version_mismatch"}
+    {"bad_args", "data_dir_invalid", "lock_required", "version_mismatch", "extension_missing"}
+)
+#: node error codes that mean "this data dir cannot be opened" (a DataDirError)
+DATA_DIR_CODES = frozenset(
+    {"data_dir_invalid", "version_mismatch", "extension_missing", "open_failed"}
 )
 
 _REASONS = {
     "bad_args": "the server rejected its command line",
     "port_in_use": "the port is already in use",
-    "data_dir_invalid": "the data dir cannot be used",
+    "data_dir_invalid": "the path cannot be used as a data dir",
     "lock_required": "the server does not hold the data dir lock",
-    "version_mismatch": "the data dir was written by another PGlite version",
-    "open_failed": "PGlite could not open the database",
+    "version_mismatch": "it was written by another PGlite version",
+    "extension_missing": "it uses extensions the server was not started with",
+    "open_failed": "PGlite failed to open the database in it",
 }
 _FIXES = {
     "version_mismatch": (
-        "open it with the PGlite version that created it and dump it (pg_dump), then restore the "
-        "dump into a fresh data dir; or move the data dir away to start empty"
+        "keep it as it is; upgrade by dump and restore: open it with the hive-bridge / PGlite "
+        "version that made it, dump it with a pg_dump at least as new as its PostgreSQL "
+        '(pg_dump "$(hive-bridge url --data-dir OLD)" > dump.sql) and load the dump into a new '
+        'data dir of this version (psql "$(hive-bridge url --data-dir NEW)" -f dump.sql); or '
+        "point HIVE_DATABASE_URL at another data dir"
+    ),
+    "open_failed": (
+        "read the server log for PGlite's reason; if the data dir is damaged, restore your last "
+        "backup into a new data dir (hive-bridge restore BACKUP --data-dir NEW) and point "
+        "HIVE_DATABASE_URL at it. Do not delete the old one until the new one works"
     ),
 }
 
@@ -75,6 +90,7 @@ class ReadyInfo:
     postgres_version: str | None
     extensions: tuple[str, ...]
     startup_ms: float | None
+    socket_dir: str | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -90,6 +106,7 @@ class ReadyInfo:
             postgres_version=_opt_str(event.get("postgres_version")),
             extensions=tuple(str(e) for e in event.get("extensions") or ()),
             startup_ms=float(startup) if isinstance(startup, int | float) else None,
+            socket_dir=_opt_str(event.get("socket_dir")),
             raw=event,
         )
 
@@ -198,6 +215,7 @@ def start_error(
     message = _opt_str(error_event.get("message")) if error_event else None
     hint = _opt_str(error_event.get("hint")) if error_event else None
     if code == "port_in_use":
+        owner = port_owner(spec.host, spec.port) if spec.port else None
         return PortInUseError(
             data_dir=data_dir,
             host=spec.host,
@@ -206,12 +224,15 @@ def start_error(
             log_tail=tail,
             exit_code=exit_code,
             node_message=message,
+            owner_pid=owner[0] if owner else None,
+            owner_name=owner[1] if owner else None,
         )
     if reason is None:
         reason = _REASONS.get(code or "") or (
             f"the server exited before it was ready (status {exit_code})"
         )
-    return BridgeStartError(
+    cls = DataDirError if code in DATA_DIR_CODES and spec.data_dir is not None else BridgeStartError
+    return cls(
         data_dir=data_dir,
         reason=reason,
         log_path=str(spec.log_path),
@@ -220,7 +241,7 @@ def start_error(
         code=code,
         node_message=message,
         hint=hint,
-        fix=_FIXES.get(code or ""),
+        fix=_FIXES.get(code or "") or hint,
     )
 
 

@@ -315,8 +315,10 @@ class Supervisor:
                 counters.failures += 1
                 if err.exit_code is not None:
                     log.info("exited: %s (%s; not expected)", NAME, _describe_exit(err.exit_code))
+                # before the first successful start, a taken port or a data dir PGlite cannot open
+                # will not change by retrying; after it, a restart may well succeed
                 fatal_now = err.code in NON_RETRYABLE_CODES or (
-                    isinstance(err, PortInUseError) and not ever_ran
+                    not ever_ran and (isinstance(err, PortInUseError) or err.code == "open_failed")
                 )
                 if fatal_now:
                     self._give_up(err, "the error cannot be fixed by a retry")

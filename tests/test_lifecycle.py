@@ -25,6 +25,7 @@ from hive_bridge import (
     Bridge,
     BridgeFatalError,
     BridgeStartError,
+    DataDirError,
     DataDirLockedError,
     PortInUseError,
     State,
@@ -357,6 +358,9 @@ mode = os.environ["FAKE_NODE_MODE"]
 print("INFO fake node starting", file=sys.stderr, flush=True)
 if mode == "silent":
     time.sleep(600)
+if mode == "crash":  # dies before it is ready, without an error line: worth a retry
+    print("ERROR fake node crashed", file=sys.stderr, flush=True)
+    sys.exit(70)
 code = {{"open_failed": 1, "bad_args": 2}}[mode]
 print(json.dumps({{"event": "error", "code": mode, "message": "fake " + mode, "hint": "fake hint"}}))
 sys.exit(code)
@@ -383,19 +387,38 @@ def fake_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str]
 def test_failing_start_is_retried_then_fatal(
     fake_node: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    spawns = fake_node("open_failed")
+    spawns = fake_node("crash")
     bridge = Bridge(tmp_path / "db", options=replace(FAST, startretries=2))
     with pytest.raises(BridgeFatalError) as info:
         bridge.start()
     error = info.value
     assert len(spawns.read_text().splitlines()) == 3  # first try + 2 retries
     assert error.attempts == 3
-    assert (error.exit_code, error.code) == (1, "open_failed")
+    assert error.exit_code == 70
     message = str(error)
     assert "gave up" in message and "too many start retries too quickly" in message
+    assert "ERROR fake node crashed" in message  # the log tail
+    assert "INFO fake node starting" in error.log_tail
+    assert not bridge.running
+
+
+def test_data_dir_that_cannot_be_opened_fails_at_once(
+    fake_node: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """open_failed on a first start: retrying the same data dir would only cost time."""
+    spawns = fake_node("open_failed")
+    bridge = Bridge(tmp_path / "db", options=replace(FAST, startretries=2))
+    with pytest.raises(DataDirError) as info:
+        bridge.start()
+    error = info.value
+    assert len(spawns.read_text().splitlines()) == 1
+    assert (error.exit_code, error.code) == (1, "open_failed")
+    message = str(error)
+    assert message.startswith(f"hive-bridge: cannot open data dir {tmp_path / 'db'}: ")
     assert "Node said: fake open_failed" in message
     assert "Hint: fake hint" in message
-    assert "INFO fake node starting" in error.log_tail
+    assert f"Nothing in {tmp_path / 'db'} was changed or deleted." in message
+    assert "hive-bridge restore BACKUP --data-dir NEW" in message
     assert not bridge.running
 
 
