@@ -17,12 +17,19 @@ from types import TracebackType
 from typing import Any
 
 from . import dsn as _dsn
-from .config import BridgeSettings, load_bridge_settings
-from .errors import BridgeNotRunningError, DataDirLockedError, display_path
+from .config import BridgeSettings, check_exposure, load_bridge_settings
+from .errors import BridgeNotRunningError, ConfigError, DataDirLockedError, display_path
 from .locate import locate
 from .lock import DataDirLock
 from .logs import configure_logging
-from .paths import RunPaths, ensure_password, memory_run_paths, read_password, run_paths_for
+from .paths import (
+    RunPaths,
+    ensure_password,
+    ensure_socket_dir,
+    memory_run_paths,
+    read_password,
+    run_paths_for,
+)
 from .statefile import BridgeState, Origin, read_live_state
 from .status import status_report
 from .supervisor import ServerTarget, State, Supervisor, SupervisorOptions
@@ -58,6 +65,9 @@ class Bridge:
         options: SupervisorOptions | None = None,
         origin: Origin = "api",
         attach: bool = True,
+        allow_remote: bool | None = None,
+        unix_socket: bool | None = None,
+        socket_dir: str | Path | None = None,
         settings: BridgeSettings | None = None,
     ) -> None:
         if data_dir is None and not memory:
@@ -68,12 +78,17 @@ class Bridge:
             None if data_dir is None else Path(data_dir).expanduser().absolute()
         )
         self.host = host or env.host
+        self.allow_remote = env.allow_remote if allow_remote is None else allow_remote
+        check_exposure(self.host, self.allow_remote, setting="host" if host else "HIVE_BRIDGE_HOST")
         self._port_setting = env.port if port is None else port
         self.extensions = tuple(extensions)
         self._run_dir = Path(run_dir) if run_dir is not None else env.run_dir
         self._node = node if node is not None else env.node
         self._js_dir = Path(js_dir) if js_dir is not None else env.js_dir
         self.log_level = (log_level or env.log_level).upper()
+        self._unix_socket = env.unix_socket if unix_socket is None else unix_socket
+        self._socket_setting = Path(socket_dir) if socket_dir is not None else env.socket_dir
+        self._cache_dir = env.cache_dir
         self.options = options or SupervisorOptions()
         self.origin: Origin = origin
         self._attach = attach
@@ -132,6 +147,9 @@ class Bridge:
                 paths.run_dir,
             )
             password = ensure_password(paths.password)
+            socket_dir = (
+                ensure_socket_dir(paths, self._socket_setting) if self._unix_socket else None
+            )
             target = ServerTarget(
                 data_dir=paths.data_dir,
                 paths=paths,
@@ -140,6 +158,9 @@ class Bridge:
                 extensions=self.extensions,
                 log_level=self.log_level,
                 origin=self.origin,
+                socket_dir=socket_dir,
+                allow_remote=self.allow_remote,
+                cache_dir=self._cache_dir,
             )
             supervisor = Supervisor(
                 install, target, password=password, lock=lock, options=self.options
@@ -266,9 +287,32 @@ class Bridge:
         return self.supervisor.node_pid if self.supervisor else None
 
     @property
+    def socket_dir(self) -> str | None:
+        """The directory of the server's Unix socket (``None`` if it has none)."""
+        if self._attached_state is not None:
+            return self._attached_state.socket_dir
+        ready = self.supervisor.ready_info if self.supervisor is not None else None
+        return ready.socket_dir if ready is not None else None
+
+    @property
     def dsn(self) -> str:
         """libpq DSN: ``postgresql://postgres:PW@127.0.0.1:PORT/postgres?sslmode=disable&…``"""
         return _dsn.libpq_dsn(self.connect_host, self.port, self._password)
+
+    @property
+    def unix_dsn(self) -> str:
+        """libpq DSN over the Unix socket, no password: ``postgresql://postgres@/postgres?host=DIR&port=PORT``"""
+        port = self.port
+        directory = self.socket_dir
+        if directory is None:
+            raise ConfigError(
+                setting="HIVE_BRIDGE_SOCKET_DIR",
+                value="off",
+                problem="this server was started without a Unix socket",
+                example="HIVE_BRIDGE_SOCKET_DIR=/tmp/hive-bridge-sock",
+                fix="unset HIVE_BRIDGE_SOCKET_DIR (or set it to a directory) and restart the server",
+            )
+        return _dsn.unix_dsn(directory, port)
 
     @property
     def asyncpg_dsn(self) -> str:

@@ -29,8 +29,8 @@ import psutil
 
 from . import __version__
 from .bridge import Bridge
-from .config import BridgeSettings, load_bridge_settings, load_settings
-from .dsn import async_sqlalchemy_url, libpq_dsn, sqlalchemy_url
+from .config import BridgeSettings, check_exposure, load_bridge_settings, load_settings
+from .dsn import async_sqlalchemy_url, libpq_dsn, sqlalchemy_url, unix_dsn
 from .errors import (
     BridgeNotFoundError,
     BridgeNotRunningError,
@@ -105,6 +105,16 @@ def _dsn_of(state: BridgeState, paths: RunPaths, kind: str = "libpq") -> str:
         raise BridgeNotRunningError(
             data_dir=str(paths.data_dir), state_path=str(paths.state), detail=f"state {state.state}"
         )
+    if kind == "unix":
+        if not state.socket_dir:
+            raise ConfigError(
+                setting="HIVE_BRIDGE_SOCKET_DIR",
+                value="off",
+                problem="the running server was started without a Unix socket",
+                example="HIVE_BRIDGE_SOCKET_DIR=/tmp/hive-bridge-sock",
+                fix="restart it with HIVE_BRIDGE_SOCKET_DIR unset (or set to a directory)",
+            )
+        return unix_dsn(state.socket_dir, state.port)
     password = read_password(paths.password)
     build = {"libpq": libpq_dsn, "sqlalchemy": sqlalchemy_url, "async": async_sqlalchemy_url}[kind]
     return build(state.host, state.port, password)
@@ -166,6 +176,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     target = _target(args)
     if args.foreground:
         return _run_foreground(target, args, print_dsn=True)
+    check_exposure(
+        args.host or target.settings.host,
+        target.settings.allow_remote,
+        setting="--host" if args.host else "HIVE_BRIDGE_HOST",
+    )
     paths = target.paths(create=True)
     state = read_live_state(paths.state)
     if state is not None:
@@ -395,6 +410,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  supervisor pid {state.supervisor_pid} (started by {state.origin}), "
         f"node pid {state.node_pid}",
         f"  listening on {state.host}:{state.port} (admin 127.0.0.1:{state.admin_port})",
+        f"  unix socket {state.socket_dir}/.s.PGSQL.{state.port}"
+        if state.socket_dir
+        else "  unix socket: off",
         f"  uptime {uptime:.0f}s" if uptime is not None else "  uptime -",
         f"  restarts {state.restarts}, node RSS "
         + (f"{rss / 1024 / 1024:.0f} MB" if isinstance(rss, int) else "-"),
@@ -423,7 +441,15 @@ def cmd_url(args: argparse.Namespace) -> int:
             state_path=str(paths.state),
             detail=None if state is None else f"state {state.state}",
         )
-    kind = "async" if args.async_ else "sqlalchemy" if args.sqlalchemy else "libpq"
+    kind = (
+        "unix"
+        if args.unix
+        else "async"
+        if args.async_
+        else "sqlalchemy"
+        if args.sqlalchemy
+        else "libpq"
+    )
     _out(_dsn_of(state, paths, kind))
     return EXIT_OK
 
@@ -632,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     kind = url.add_mutually_exclusive_group()
     kind.add_argument("--async", dest="async_", action="store_true", help="postgresql+asyncpg URL")
     kind.add_argument("--sqlalchemy", action="store_true", help="postgresql+psycopg URL")
+    kind.add_argument("--unix", action="store_true", help="libpq DSN over the Unix socket")
     doctor = add("doctor", "check the environment; exit 1 if anything fails", cmd_doctor)
     doctor.add_argument("--port", type=int, default=None, help="check this port is free")
     return parser

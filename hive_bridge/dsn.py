@@ -1,8 +1,10 @@
-"""The three spellings of a bridge's address: libpq DSN, SQLAlchemy psycopg URL, SQLAlchemy asyncpg URL.
+"""The spellings of a bridge's address: libpq DSN, SQLAlchemy psycopg URL, SQLAlchemy asyncpg URL,
+and the Unix-socket DSN.
 
 The bridge always listens on loopback without TLS and does not speak GSS encryption, so the libpq
 forms say ``sslmode=disable&gssencmode=disable`` (otherwise libpq would first ask for encryption).
-asyncpg takes ``ssl=disable`` instead and never asks for GSS encryption.
+asyncpg takes ``ssl=disable`` instead and never asks for GSS encryption. Over the Unix socket no
+password is needed and libpq never tries encryption.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ __all__ = [
     "asyncpg_dsn",
     "libpq_dsn",
     "sqlalchemy_url",
+    "unix_dsn",
 ]
 
 USER = "postgres"
@@ -56,3 +59,8 @@ def sqlalchemy_url(host: str, port: int, password: str | None) -> str:
 def async_sqlalchemy_url(host: str, port: int, password: str | None) -> str:
     """``postgresql+asyncpg://…?ssl=disable`` for :func:`sqlalchemy.ext.asyncio.create_async_engine`."""
     return f"postgresql+asyncpg://{_netloc(host, port, password)}/{DATABASE}?ssl=disable"
+
+
+def unix_dsn(socket_dir: str, port: int) -> str:
+    """``postgresql://postgres@/postgres?host=<socket dir>&port=<port>`` (libpq, psycopg, psql)."""
+    return f"postgresql://{USER}@/{DATABASE}?host={quote(socket_dir, safe='/')}&port={port}"

@@ -1,12 +1,17 @@
-"""Where the bridge keeps its run files: the run dir next to the data dir.
+"""Where the bridge keeps its run files: the run dir next to the data dir, and the socket dir.
 
 A data dir ``data/automagik_hive.db`` gets the run dir ``data/automagik_hive.db.bridge/`` (next to
-the real path of the data dir) holding ``lock``, ``state.json``, ``server.log``, ``supervisor.log``
-and ``password`` (mode 0600). An in-memory database gets a private temporary run dir.
+the real path of the data dir, mode 0700 when we create it) holding ``lock``, ``state.json``,
+``server.log``, ``supervisor.log`` and ``password`` (mode 0600). An in-memory database gets a
+private temporary run dir.
+
+The Unix socket lives in ``<run dir>/sock/`` (0700) when the socket path fits the platform's limit
+with room to spare, else in ``$XDG_RUNTIME_DIR/hive-bridge/<key>/`` or ``/tmp/hive-bridge-<uid>/<key>/``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shlex
@@ -17,9 +22,25 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["RunPaths", "ensure_password", "memory_run_paths", "run_paths_for"]
+__all__ = [
+    "MAX_DEFAULT_SOCKET_PATH",
+    "RunPaths",
+    "ensure_password",
+    "ensure_private_dir",
+    "ensure_socket_dir",
+    "memory_run_paths",
+    "run_paths_for",
+    "socket_dir_for",
+    "socket_path_length",
+]
 
 RUN_DIR_SUFFIX = ".bridge"
+#: the longest socket file name the server creates in the socket dir (libpq's naming)
+SOCKET_NAME = ".s.PGSQL.65535"
+#: a default socket dir is only used if DIR/.s.PGSQL.65535 stays within this many bytes
+MAX_DEFAULT_SOCKET_PATH = 100
+#: what the platform (and bridge-js) accepts at most for an explicitly configured socket dir
+MAX_SOCKET_PATH = 107
 
 
 @dataclass(frozen=True)
@@ -76,8 +97,8 @@ def run_paths_for(
     )
     paths = RunPaths(data_dir=real, run_dir=target)
     if create:
-        for directory in (real.parent, target):
-            _make_dir(directory, data_dir=real)
+        _make_dir(real.parent, data_dir=real)
+        _make_dir(target, data_dir=real, mode=0o700)
     return paths
 
 
@@ -86,9 +107,9 @@ def memory_run_paths() -> RunPaths:
     return RunPaths(data_dir=None, run_dir=Path(tempfile.mkdtemp(prefix="hive-bridge-memory-")))
 
 
-def _make_dir(directory: Path, *, data_dir: Path) -> None:
+def _make_dir(directory: Path, *, data_dir: Path, mode: int = 0o777) -> None:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=mode)
     except OSError as exc:
         raise ConfigError(
             setting="data dir",
@@ -137,3 +158,108 @@ def read_password(path: Path) -> str | None:
         return path.read_text(encoding="ascii").strip() or None
     except FileNotFoundError:
         return None
+
+
+# ------------------------------------------------------------------------------ socket dir
+
+
+def socket_path_length(directory: Path) -> int:
+    """Bytes of the longest socket path the server may create in ``directory``."""
+    return len(os.fsencode(directory / SOCKET_NAME))
+
+
+def _fits(directory: Path) -> bool:
+    return socket_path_length(directory) <= MAX_DEFAULT_SOCKET_PATH
+
+
+def socket_dir_for(paths: RunPaths, configured: Path | None = None) -> Path:
+    """The Unix-socket directory of a server: ``configured`` (``HIVE_BRIDGE_SOCKET_DIR``) if set,
+    else ``<run dir>/sock`` if short enough, else a per-data-dir dir under ``$XDG_RUNTIME_DIR`` or
+    ``/tmp/hive-bridge-<uid>``. Nothing is created here."""
+    if configured is not None:
+        if socket_path_length(configured) > MAX_SOCKET_PATH:
+            raise ConfigError(
+                setting="HIVE_BRIDGE_SOCKET_DIR",
+                value=str(configured),
+                problem=(
+                    f"too long for a Unix socket: {configured / SOCKET_NAME} would be "
+                    f"{socket_path_length(configured)} bytes, the limit is {MAX_SOCKET_PATH}"
+                ),
+                example="HIVE_BRIDGE_SOCKET_DIR=/tmp/hive-bridge-sock",
+                fix="choose a shorter directory, or unset it to let hive-bridge pick one",
+            )
+        return configured
+    preferred = paths.run_dir / "sock"
+    if _fits(preferred):
+        return preferred
+    key = hashlib.sha256(str(paths.data_dir or paths.run_dir).encode()).hexdigest()[:12]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+        candidate = Path(runtime) / "hive-bridge" / key
+        if _fits(candidate):
+            return candidate
+    # deliberately /tmp and not $TMPDIR: the point is a short path
+    return Path(f"/tmp/hive-bridge-{os.getuid()}") / key  # noqa: S108
+
+
+def ensure_socket_dir(paths: RunPaths, configured: Path | None) -> Path:
+    """:func:`socket_dir_for`, created with mode 0700 and checked to be this user's only."""
+    directory = socket_dir_for(paths, configured)
+    ours = configured is None
+    return ensure_private_dir(
+        directory,
+        setting="HIVE_BRIDGE_SOCKET_DIR",
+        ours=ours,
+        private_parent=ours and directory.parent != paths.run_dir,
+    )
+
+
+def ensure_private_dir(
+    directory: Path, *, setting: str, ours: bool, private_parent: bool = False
+) -> Path:
+    """Create ``directory`` (and missing parents) with mode 0700 and check it is this user's only.
+
+    ``ours``: hive-bridge chose the place, so a directory of ours with a looser mode is tightened;
+    a directory the user configured is never chmod-ed, a wrong mode is a :class:`ConfigError`
+    naming the command. ``private_parent``: the parent (``/tmp/hive-bridge-<uid>``) is checked too,
+    since whoever controls it controls what is inside.
+    """
+    for path in ([directory.parent] if private_parent else []) + [directory]:
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = path.lstat()
+        except OSError as exc:
+            raise ConfigError(
+                setting=setting,
+                value=str(directory),
+                problem=f"cannot create the socket directory {path} ({exc.strerror or exc})",
+                example="HIVE_BRIDGE_SOCKET_DIR=/tmp/hive-bridge-sock",
+                fix="choose a writable place with HIVE_BRIDGE_SOCKET_DIR, or turn the socket off "
+                "with HIVE_BRIDGE_SOCKET_DIR=off",
+            ) from exc
+        q = shlex.quote(str(path))
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise ConfigError(
+                setting=setting,
+                value=str(directory),
+                problem=(
+                    f"{path} is not a directory owned by this user (uid {os.getuid()}); anyone "
+                    f"who controls it could intercept database connections"
+                ),
+                example="HIVE_BRIDGE_SOCKET_DIR=/tmp/hive-bridge-sock",
+                fix=f"remove it (rm -r {q}) or choose another place with HIVE_BRIDGE_SOCKET_DIR",
+            )
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            if not ours:
+                raise ConfigError(
+                    setting=setting,
+                    value=str(directory),
+                    problem=(
+                        f"{path} has mode {stat.S_IMODE(info.st_mode):o}; the socket directory "
+                        f"must be private (0700)"
+                    ),
+                    example="HIVE_BRIDGE_SOCKET_DIR=/tmp/hive-bridge-sock",
+                    fix=f"chmod 700 {q}",
+                )
+            path.chmod(0o700)
+    return directory

@@ -45,6 +45,9 @@ class SpawnSpec:
     extensions: tuple[str, ...] = ("vector",)
     admin_port: int = 0
     log_level: str = "INFO"
+    socket_dir: Path | None = None
+    allow_remote: bool = False
+    cache_dir: Path | None = None
 
 
 def build_argv(spec: SpawnSpec) -> list[str]:
@@ -59,6 +62,12 @@ def build_argv(spec: SpawnSpec) -> list[str]:
         argv += ["--password-file", str(spec.password_file)]
     argv += ["--admin-port", str(spec.admin_port)]
     argv += ["--log-level", NODE_LOG_LEVELS.get(spec.log_level.upper(), "info")]
+    if spec.socket_dir is not None:
+        argv += ["--socket-dir", str(spec.socket_dir)]
+    if spec.allow_remote:
+        argv += ["--allow-remote"]
+    if spec.cache_dir is not None:
+        argv += ["--cache-dir", str(spec.cache_dir)]
     return argv
 
 

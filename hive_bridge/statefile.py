@@ -52,6 +52,7 @@ class BridgeState:
     origin: Origin = "api"
     error: str | None = None
     updated_at: float | None = None
+    socket_dir: str | None = None
     format: int = 1
 
     def to_json(self) -> str:

@@ -45,6 +45,7 @@ def status_report(state: BridgeState, *, live: bool = True) -> dict[str, Any]:
         "versions": dict(state.versions),
         "log_path": state.log_path,
         "supervisor_log_path": state.supervisor_log_path,
+        "socket_dir": state.socket_dir,
         "error": state.error,
     }
     if live:

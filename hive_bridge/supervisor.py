@@ -89,6 +89,9 @@ class ServerTarget:
     extensions: tuple[str, ...] = ("vector",)
     log_level: str = "INFO"
     origin: Origin = "api"
+    socket_dir: Path | None = None
+    allow_remote: bool = False
+    cache_dir: Path | None = None
 
     @property
     def label(self) -> str:
@@ -404,6 +407,9 @@ class Supervisor:
             extensions=self.target.extensions,
             admin_port=0,
             log_level=self.target.log_level,
+            socket_dir=self.target.socket_dir,
+            allow_remote=self.target.allow_remote,
+            cache_dir=self.target.cache_dir,
         )
         proc = NodeProcess.spawn(spec)
         with self._cond:
@@ -594,6 +600,7 @@ class Supervisor:
             origin=self.target.origin,
             error=str(self._fatal_error) if self._fatal_error is not None else None,
             updated_at=time.time(),
+            socket_dir=(ready.socket_dir if ready is not None else None),
         )
 
     def _write_state(self) -> None:
