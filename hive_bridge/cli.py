@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.metadata
 import json
 import os
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,15 +26,14 @@ import psutil
 from . import __version__
 from .bridge import Bridge
 from .config import BridgeSettings, check_exposure, load_bridge_settings, load_settings
+from .doctor import run_doctor
 from .dsn import async_sqlalchemy_url, libpq_dsn, sqlalchemy_url, unix_dsn
 from .errors import (
-    BridgeNotFoundError,
     BridgeNotRunningError,
     BridgeStartError,
     ConfigError,
     HiveBridgeError,
 )
-from .locate import check_js_dir, default_js_dir, find_node, node_version
 from .lock import is_locked, read_lock_owner
 from .logs import configure_logging
 from .paths import RunPaths, read_password, run_paths_for
@@ -457,165 +452,12 @@ def cmd_url(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- doctor
 
 
-def _check(name: str, fn: Callable[[], str]) -> bool:
-    try:
-        detail = fn()
-    except HiveBridgeError as exc:
-        _out(f"FAIL {name}: {str(exc).removeprefix('hive-bridge: ')}")
-        return False
-    if detail.startswith(_SKIPPED):
-        _out(f"SKIP {name}: {detail.removeprefix(_SKIPPED)}")
-    else:
-        _out(f"OK   {name}: {detail}")
-    return True
-
-
-_SKIPPED = "skipped: "
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
-    ok = True
-    _out(f"hive-bridge {__version__}, Python {sys.version.split()[0]} ({sys.executable})")
+    def data_dir() -> Path | None:
+        return _target(args).data_dir
 
-    def python_deps() -> str:
-        found, missing = [], []
-        for module, dist in (
-            ("psutil", "psutil"),
-            ("sqlalchemy", "sqlalchemy"),
-            ("asyncpg", "asyncpg"),
-            ("psycopg", "psycopg[binary]"),
-            ("httpx", "httpx"),
-            ("tenacity", "tenacity"),
-        ):
-            try:
-                importlib.import_module(module)
-                version = importlib.metadata.version(dist.split("[")[0])
-            except ImportError:
-                missing.append(dist)
-            except importlib.metadata.PackageNotFoundError:
-                found.append(f"{module} (version unknown)")
-            else:
-                found.append(f"{module} {version}")
-        if missing:
-            raise BridgeNotFoundError(
-                cause="python_deps",
-                what=f"Python packages missing: {', '.join(missing)}",
-                looked_in=sys.executable,
-                fix=f"{sys.executable} -m pip install {' '.join(shlex.quote(m) for m in missing)} "
-                "(or: make install)",
-            )
-        return ", ".join(found)
-
-    ok &= _check("python packages", python_deps)
-    try:
-        settings = load_bridge_settings()
-    except ConfigError as exc:
-        _out(f"FAIL settings: {exc}")
-        return EXIT_FAIL
-
-    def node() -> str:
-        path = find_node(settings.node)
-        return f"{path} v{node_version(path)}"
-
-    ok &= _check("node", node)
-    js_dir = settings.js_dir or default_js_dir()
-    js_result: dict[str, BridgeNotFoundError] = {}
-
-    def run_js_check() -> str:
-        try:
-            return check_js_dir(js_dir, from_setting=settings.js_dir is not None)
-        except BridgeNotFoundError as exc:
-            js_result["error"] = exc
-            raise
-
-    def bridge_js() -> str:
-        try:
-            run_js_check()
-        except BridgeNotFoundError as exc:
-            if exc.cause in ("js_dir_missing", "server_js_missing", "lockfile_missing"):
-                raise
-        return f"{js_dir} (server.js present)"
-
-    def node_modules() -> str:
-        error = js_result.get("error")
-        if error is not None:
-            if error.cause in ("js_dir_missing", "server_js_missing", "lockfile_missing"):
-                return _SKIPPED + "bridge-js itself is missing"
-            raise error
-        return f"match package-lock.json; PGlite {run_js_check()}"
-
-    ok &= _check("bridge-js", bridge_js)
-    ok &= _check("node_modules", node_modules)
-
-    try:
-        target = _target(args)
-    except ConfigError as exc:
-        _out(f"FAIL data dir: {exc}")
-        return EXIT_FAIL
-
-    def data_dir() -> str:
-        if target.data_dir is None:
-            return "in-memory (nothing is written)"
-        paths = run_paths_for(target.data_dir, run_dir=settings.run_dir, create=False)
-        parent = _nearest_existing(paths.run_dir.parent)
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise ConfigError(
-                setting="data dir",
-                value=str(target.data_dir),
-                problem=f"{parent} is not writable by this user",
-                example="HIVE_DATABASE_URL=pglite://./data/automagik_hive.db",
-                fix=f"chmod u+w {shlex.quote(str(parent))} or choose another data dir",
-            )
-        state = read_live_state(paths.state, clean=False)
-        running = (
-            f"; a server is {state.state} (pid {state.supervisor_pid}, port {state.port})"
-            if state
-            else ""
-        )
-        return f"{paths.data_dir} (writable; run dir {paths.run_dir}){running}"
-
-    ok &= _check("data dir", data_dir)
-
-    def port() -> str:
-        wanted = args.port if args.port is not None else settings.port
-        if not wanted:
-            return "0: the OS picks a free port"
-        if target.data_dir is not None:
-            state = read_live_state(
-                run_paths_for(target.data_dir, run_dir=settings.run_dir, create=False).state,
-                clean=False,
-            )
-            if state is not None and state.port == wanted:
-                return f"{wanted} is used by this data dir's own server"
-        with socket.socket() as sock:
-            try:
-                sock.bind((settings.host, wanted))
-            except OSError as exc:
-                raise ConfigError(
-                    setting="HIVE_BRIDGE_PORT",
-                    value=str(wanted),
-                    problem=f"{settings.host}:{wanted} is not free ({exc.strerror})",
-                    example="HIVE_BRIDGE_PORT=0",
-                    fix=f"stop what listens there (ss -ltnp 'sport = :{wanted}') or use "
-                    "HIVE_BRIDGE_PORT=0",
-                ) from exc
-        return f"{settings.host}:{wanted} is free"
-
-    ok &= _check("port", port)
-    for tool in ("psql", "pgbench"):
-        found = shutil.which(tool)
-        _out(
-            f"OK   {tool}: {found}"
-            if found
-            else f"WARN {tool}: not found (optional; apt-get install postgresql-client)"
-        )
+    ok = run_doctor(data_dir, port=args.port, out=_out)
     return EXIT_OK if ok else EXIT_FAIL
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 # ------------------------------------------------------------------------------------ main
@@ -669,8 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         configure_logging(load_bridge_settings().log_level)
     except ConfigError as exc:
-        _err(str(exc))
-        return EXIT_FAIL
+        if args.command != "doctor":
+            _err(str(exc))
+            return EXIT_FAIL
     try:
         result: int = args.fn(args)
     except HiveBridgeError as exc:

@@ -13,6 +13,8 @@ import pytest
 from helpers import FAST, MARKER, SHARED_SERVER_DIRS, describe, marked_processes, wait_until
 
 from hive_bridge import Bridge
+from hive_bridge.locate import locate
+from hive_bridge.template import prepare_template
 
 # Hermetic: no HIVE_* setting of the developer's shell leaks into a test, and every process the
 # tests start (CLI, supervisors, Node) carries a marker so leaks can be found.
@@ -44,6 +46,13 @@ def _no_process_left_at_end() -> Iterator[None]:
 
 
 TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _template_prebuilt() -> None:
+    """Build bridge-js's data-dir template once up front (a no-op when `make install` did), so new
+    data dirs are quick copies and the first test that creates one is not 3 s slower."""
+    prepare_template(locate())
 
 
 @pytest.fixture(autouse=True)

@@ -226,9 +226,47 @@ def test_doctor_all_ok(tmp_path: Path) -> None:
     result = run_cli("doctor", "--data-dir", str(tmp_path / "db"))
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
-    for check in ("python packages", "node", "bridge-js", "node_modules", "data dir", "port"):
+    for check in (
+        "python packages",
+        "node",
+        "bridge-js",
+        "node_modules",
+        "template cache",
+        "data dir",
+        "socket dir",
+        "port",
+    ):
         assert any(line.startswith(f"OK   {check}: ") for line in lines), (check, result.stdout)
     assert "FAIL" not in result.stdout
+
+
+def test_doctor_warns_about_a_missing_template(tmp_path: Path) -> None:
+    cache = tmp_path / "empty-cache"
+    env = {**os.environ, "HIVE_BRIDGE_CACHE_DIR": str(cache)}
+    result = run_cli("doctor", "--data-dir", str(tmp_path / "db"), env=env)
+    assert result.returncode == 0, result.stdout  # slower, not broken
+    (line,) = [line for line in result.stdout.splitlines() if "template cache" in line]
+    assert line.startswith(f"WARN template cache: not built yet at {cache}/templates/pglite-")
+    assert "--prepare-template" in line
+
+
+def test_doctor_checks_the_socket_dir(tmp_path: Path) -> None:
+    shared = tmp_path / "open"
+    shared.mkdir()
+    shared.chmod(0o755)
+    env = {**os.environ, "HIVE_BRIDGE_SOCKET_DIR": str(shared)}
+    result = run_cli("doctor", "--data-dir", str(tmp_path / "db"), env=env)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stdout.splitlines() if "socket dir" in line]
+    assert line.startswith("FAIL socket dir: ")
+    assert f"chmod 700 {shared}" in line
+    off = run_cli(
+        "doctor",
+        "--data-dir",
+        str(tmp_path / "db"),
+        env={**os.environ, "HIVE_BRIDGE_SOCKET_DIR": "off"},
+    )
+    assert "SKIP socket dir: turned off" in off.stdout
 
 
 @pytest.mark.parametrize(
@@ -268,14 +306,16 @@ def test_no_leftover_supervisors(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "bridge-js has no server.js" in result.stderr
-    wait_until(
-        lambda: (
-            not any(
-                "supervise" in " ".join(p.cmdline()) and str(tmp_path) in " ".join(p.cmdline())
-                for p in psutil.process_iter()
-                if p.pid != os.getpid()
-            )
-        ),
-        timeout=5,
-        what="the failed supervisor to exit",
-    )
+
+    def supervisors() -> list[int]:
+        found = []
+        for proc in psutil.process_iter():
+            try:  # the detached supervisor is reaped by init: it may be a zombie for a moment
+                cmdline = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
+            if proc.pid != os.getpid() and "supervise" in cmdline and str(tmp_path) in cmdline:
+                found.append(proc.pid)
+        return found
+
+    wait_until(lambda: not supervisors(), timeout=5, what="the failed supervisor to exit")
