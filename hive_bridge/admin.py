@@ -1,4 +1,5 @@
-"""Client of the Node server's loopback admin endpoint (``/health``, ``/stats``), short timeouts."""
+"""Client of the Node server's loopback admin endpoint (``/health``, ``/stats`` with short timeouts;
+``POST /backup`` with the password as a bearer token)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["get_health", "get_stats"]
+__all__ = ["get_health", "get_stats", "post_backup"]
 
 DEFAULT_TIMEOUT = 1.0
 
@@ -46,3 +47,24 @@ def get_stats(
     if result is None or result[0] != 200:
         return None
     return result[1]
+
+
+def post_backup(
+    port: int, path: str, password: str | None, *, timeout: float = 600.0
+) -> tuple[int, dict[str, Any]]:
+    """Ask the server for a consistent snapshot written to ``path`` (absolute).
+
+    Returns ``(HTTP status, JSON body)``: 200 ``{"path","bytes","ms","pglite_version"}``, 401 without
+    the right password, 409 ``{"error"}`` on failure. Raises :class:`httpx.HTTPError` if the endpoint
+    cannot be reached or does not answer within ``timeout``.
+    """
+    headers = {"Authorization": f"Bearer {password}"} if password else {}
+    with httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0), trust_env=False) as client:
+        response = client.post(
+            f"http://127.0.0.1:{port}/backup", json={"path": path}, headers=headers
+        )
+    try:
+        data = response.json()
+    except ValueError:
+        data = {"error": response.text[:500]}
+    return response.status_code, data if isinstance(data, dict) else {}

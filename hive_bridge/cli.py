@@ -1,7 +1,7 @@
-"""``hive-bridge`` / ``python -m hive_bridge``: start, stop, status, url, doctor.
+"""``hive-bridge`` / ``python -m hive_bridge``: start, stop, status, url, backup, restore, doctor.
 
 Exit status: 0 ok; 1 an expected failure (one clear message on stderr, never a traceback);
-3 not running (``status``, ``url``), as LSB init scripts do; 2 bad usage (argparse).
+3 not running (``status``, ``url``, ``backup``), as LSB init scripts do; 2 bad usage (argparse).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 
 from . import __version__
+from .backup import backup_offline, backup_online, restore
 from .bridge import Bridge
 from .config import BridgeSettings, check_exposure, load_bridge_settings, load_settings
 from .doctor import run_doctor
@@ -34,6 +35,7 @@ from .errors import (
     ConfigError,
     HiveBridgeError,
 )
+from .locate import check_js_dir, default_js_dir
 from .lock import is_locked, read_lock_owner
 from .logs import configure_logging
 from .paths import RunPaths, read_password, run_paths_for
@@ -426,6 +428,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if running else EXIT_NOT_RUNNING
 
 
+def _running_state(target: _Target, paths: RunPaths, fix: str | None = None) -> BridgeState:
+    state = read_live_state(paths.state)
+    if state is None or state.state != State.RUNNING.value:
+        raise BridgeNotRunningError(
+            data_dir=str(target.data_dir),
+            state_path=str(paths.state),
+            detail=None if state is None else f"state {state.state}",
+            fix=fix,
+        )
+    return state
+
+
 def cmd_url(args: argparse.Namespace) -> int:
     target = _target(args)
     paths = target.paths()
@@ -446,6 +460,60 @@ def cmd_url(args: argparse.Namespace) -> int:
         else "libpq"
     )
     _out(_dsn_of(state, paths, kind))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- backup, restore
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    target = _target(args)
+    paths = target.paths(create=args.offline)  # the lock file lives in the run dir
+    if args.offline:
+        result = backup_offline(paths, Path(args.path))
+    else:
+        q = shlex.quote(os.path.abspath(args.path))
+        state = _running_state(
+            target,
+            paths,
+            fix=(
+                f"while no server runs, the data dir can simply be copied "
+                f"(cp -a {target.quoted} {shlex.quote(str(target.data_dir) + '.copy')}), or "
+                f"archived with: hive-bridge backup {q} --offline --data-dir {target.quoted}"
+            ),
+        )
+        result = backup_online(paths, state, Path(args.path), timeout=args.timeout)
+    how = "snapshot taken by the running server" if result.online else "offline, under the lock"
+    _err(
+        f"hive-bridge: backup of {target.data_dir} written to {result.path} "
+        f"({result.bytes} bytes in {result.ms:.0f} ms, {how}; PGlite {result.pglite_version})"
+    )
+    _out(str(result.path))
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    if not args.data_dir:
+        raise ConfigError(
+            setting="--data-dir",
+            value=None,
+            problem="restore needs the new data dir to create",
+            example="hive-bridge restore backup.tar.gz --data-dir ./data/restored.db",
+            fix="pass --data-dir NEW (a path that does not exist yet)",
+        )
+    target = _target(args)
+    paths = target.paths(create=True)
+    settings = target.settings
+    installed = check_js_dir(
+        settings.js_dir or default_js_dir(), from_setting=settings.js_dir is not None
+    )
+    result = restore(Path(args.backup), paths, installed_pglite=installed)
+    _err(
+        f"hive-bridge: restored {os.path.abspath(args.backup)} into {result.data_dir} "
+        f"({result.files} files, PGlite {result.pglite_version}); start it with: "
+        f"hive-bridge start --data-dir {shlex.quote(str(result.data_dir))}"
+    )
+    _out(str(result.data_dir))
     return EXIT_OK
 
 
@@ -501,6 +569,20 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--async", dest="async_", action="store_true", help="postgresql+asyncpg URL")
     kind.add_argument("--sqlalchemy", action="store_true", help="postgresql+psycopg URL")
     kind.add_argument("--unix", action="store_true", help="libpq DSN over the Unix socket")
+    backup = add(
+        "backup", "write a .tar.gz snapshot of the data dir (exit 3 if not running)", cmd_backup
+    )
+    backup.add_argument("path", help="the backup file to create (never overwritten)")
+    backup.add_argument(
+        "--offline", action="store_true", help="archive a stopped data dir under its lock"
+    )
+    backup.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for the snapshot"
+    )
+    restore_cmd = add(
+        "restore", "restore a backup into a new data dir (never overwrites)", cmd_restore
+    )
+    restore_cmd.add_argument("backup", help="a file written by hive-bridge backup")
     doctor = add("doctor", "check the environment; exit 1 if anything fails", cmd_doctor)
     doctor.add_argument("--port", type=int, default=None, help="check this port is free")
     return parser

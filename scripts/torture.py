@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -1028,6 +1029,10 @@ class Torture:
                 self.ledger.add(wlog)
             for problem in judge_errors(logs, None, None):
                 self.fail(f"backup: {problem}")
+            # the longest time no writer got a commit through while the backup ran
+            acks = sorted(op[6] for w in logs for op in w.outcomes[ACKED])
+            window = [t for t in acks if t_backup - 0.5 <= t <= t_backup + took + 0.5]
+            pause = max((b - a for a, b in itertools.pairwise(window)), default=took)
             self.check(bridge.dsn, "source after backup")
         finally:
             bridge.stop()
@@ -1056,9 +1061,9 @@ class Torture:
             copy.stop()
         if verdict.ok:
             self.res.backup = (
-                f"OK: {archive.stat().st_size} bytes in {took:.2f}s while 2 clients wrote; the "
-                f"restored copy has every commit acknowledged before the backup began, nothing "
-                f"half-applied"
+                f"OK: {archive.stat().st_size} bytes in {took:.2f}s while 2 clients wrote (their "
+                f"longest pause {pause:.2f}s); the restored copy has every commit acknowledged "
+                f"before the backup began, nothing half-applied"
             )
         else:
             self.fail(f"restored backup: {verdict.summary()}")
@@ -1144,6 +1149,9 @@ def main() -> int:
         help="only the node SIGKILL cycles (no supervisor kill, SIGTERM, backup)",
     )
     ap.add_argument("-v", "--verbose", action="store_true", help="show supervisor log lines")
+    ap.add_argument(
+        "--max-seconds", type=int, default=900, help="give up (and fail) after this long"
+    )
     args = ap.parse_args()
 
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
@@ -1163,6 +1171,12 @@ def main() -> int:
     print(f"torture: seed {seed}, data dir {data_dir}, logs in {workdir}", flush=True)
     started = time.monotonic()
     interrupted = False
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise TimeoutError(f"the run took longer than --max-seconds {args.max_seconds}")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(args.max_seconds)
     try:
         t.setup()
         for n in range(1, args.cycles + 1):
@@ -1181,6 +1195,7 @@ def main() -> int:
     except Exception:
         t.fail(f"the run stopped on an error:\n{traceback.format_exc()}")
     finally:
+        signal.alarm(0)
         t.cleanup()
     for line in report(t, time.monotonic() - started):
         print(line, flush=True)
