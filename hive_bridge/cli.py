@@ -78,6 +78,10 @@ class _Target:
             )
         return run_paths_for(self.data_dir, run_dir=self.settings.run_dir, create=create)
 
+    @property
+    def quoted(self) -> str:
+        return shlex.quote(str(self.data_dir))
+
 
 def _target(args: argparse.Namespace) -> _Target:
     settings = load_bridge_settings()

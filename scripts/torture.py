@@ -51,6 +51,7 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -659,6 +660,13 @@ def cli_has(command: str) -> bool:
     return any(line.split()[:1] == [command] for line in out.splitlines())
 
 
+def without_gssencmode(dsn: str) -> str:
+    """asyncpg sends unknown DSN parameters to the server as settings; it knows no gssencmode."""
+    parts = urllib.parse.urlsplit(dsn)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "gssencmode"]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
 @dataclass
 class CliServer:
     """A server run by a detached ``hive-bridge start`` supervisor."""
@@ -676,7 +684,7 @@ class CliServer:
                 reason=f"`hive-bridge start` exited {done.returncode}: {done.stderr.strip()}",
             )
         self.dsn = done.stdout.strip().splitlines()[-1]
-        self.asyncpg_dsn = self.dsn.replace("&gssencmode=disable", "")
+        self.asyncpg_dsn = without_gssencmode(self.dsn)
 
     def status(self) -> dict[str, Any]:
         done = cli("status", "--json", "--data-dir", str(self.data_dir), timeout=30)
