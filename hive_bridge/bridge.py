@@ -1,9 +1,18 @@
-"""``Bridge``: one PGlite server for one data dir, started here or attached to from another process.
+"""``Bridge``: one PGlite server for one data dir, run here, run by a shared supervisor, or attached to.
 
-``start()`` takes the data dir lock and runs a :class:`~hive_bridge.supervisor.Supervisor` in this
-process. If another process already holds the lock, the bridge reads that process's state file and
-attaches to its DSN instead (waiting up to the start deadline for it to reach RUNNING), so a data dir
-is never opened twice.
+Two ways to get a server:
+
+- **owned** (the default, ``Bridge(data_dir).start()`` / ``with Bridge(data_dir):``): this process
+  takes the data-dir lock and runs a :class:`~hive_bridge.supervisor.Supervisor` itself; the server
+  lives exactly as long as this object (or this process).
+- **shared** (``Bridge(data_dir, shared=True)``, what :func:`hive_bridge.create_engine` uses): the
+  server is run by a detached supervisor process (``hive-bridge supervise``), shared by every
+  process that uses the data dir. Each registers a user lease (:mod:`hive_bridge.leases`); the
+  supervisor stops the server shortly after its last user is gone, SIGKILLed users included.
+
+Either way, if a server already runs for the data dir the bridge attaches to it (reading its state
+file, waiting for RUNNING) and registers as a user while attached, so a data dir is never opened
+twice and a shared server never stops under a process that uses it.
 """
 
 from __future__ import annotations
@@ -18,9 +27,17 @@ from typing import Any
 
 from . import dsn as _dsn
 from .config import BridgeSettings, check_exposure, load_bridge_settings
-from .errors import BridgeNotRunningError, ConfigError, DataDirLockedError, display_path
+from .errors import (
+    BridgeNotRunningError,
+    BridgeStartError,
+    ConfigError,
+    DataDirLockedError,
+    display_path,
+)
+from .launch import DaemonSpec, launch_daemon
+from .leases import UserLease, users_mutex
 from .locate import locate
-from .lock import DataDirLock
+from .lock import DataDirLock, is_locked
 from .logs import configure_logging
 from .paths import (
     RunPaths,
@@ -41,13 +58,17 @@ log = logging.getLogger("hive_bridge.bridge")
 #: how long a lock held with no live state file is waited for (a supervisor that is just starting,
 #: or a Node server whose supervisor died and that is about to exit at stdin EOF)
 LOCK_WITHOUT_STATE_WAIT = 10.0
+#: states of another process's server in which this bridge counts it as serving
+_SERVING = frozenset({State.STARTING.value, State.RUNNING.value, State.BACKOFF.value})
 
 
 class Bridge:
     """A PGlite server for ``data_dir`` (``None`` or ``memory=True``: in-memory).
 
     Unset keyword arguments come from ``HIVE_BRIDGE_*``/``HIVE_LOG_LEVEL`` (and ``.env``).
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    ``shared=True``: use (or start) the detached supervisor every process of this data dir shares,
+    instead of running the server in this process. Use as a context manager, or call :meth:`start`
+    and :meth:`stop` (for a shared or attached bridge, ``stop`` only ends this process's use).
     """
 
     def __init__(
@@ -65,13 +86,17 @@ class Bridge:
         options: SupervisorOptions | None = None,
         origin: Origin = "api",
         attach: bool = True,
+        shared: bool = False,
         allow_remote: bool | None = None,
         unix_socket: bool | None = None,
         socket_dir: str | Path | None = None,
+        detached: bool = False,
         settings: BridgeSettings | None = None,
     ) -> None:
         if data_dir is None and not memory:
             raise ValueError("Bridge needs a data_dir, or memory=True for an in-memory database")
+        if data_dir is None and shared:
+            raise ValueError("an in-memory database lives in one process and cannot be shared")
         env = settings or load_bridge_settings()
         self.memory = data_dir is None
         self.data_dir: Path | None = (
@@ -91,10 +116,13 @@ class Bridge:
         self._cache_dir = env.cache_dir
         self.options = options or SupervisorOptions()
         self.origin: Origin = origin
+        self.shared = shared
         self._attach = attach
+        self._detached = detached
         self.supervisor: Supervisor | None = None
         self.paths: RunPaths | None = None
         self._attached_state: BridgeState | None = None
+        self._lease: UserLease | None = None
         self._password: str | None = None
         self._starting: Supervisor | None = None
         self._stop_requested = False
@@ -110,6 +138,9 @@ class Bridge:
             self._start_owned(memory_run_paths(), lock=None)
             return self
         paths = run_paths_for(self.data_dir, run_dir=self._run_dir)
+        if self.shared:
+            self._start_shared(paths)
+            return self
         deadline = time.monotonic() + self.options.start_timeout
         orphan_deadline = time.monotonic() + LOCK_WITHOUT_STATE_WAIT
         while True:
@@ -121,8 +152,7 @@ class Bridge:
                 state = read_live_state(paths.state)
                 if state is not None and not self._attach:
                     raise
-                if state is not None and state.state == State.RUNNING.value and state.port:
-                    self._attach_to(paths, state)
+                if state is not None and self._try_attach(paths):
                     return self
                 now = time.monotonic()
                 if state is not None:
@@ -161,6 +191,7 @@ class Bridge:
                 socket_dir=socket_dir,
                 allow_remote=self.allow_remote,
                 cache_dir=self._cache_dir,
+                detached=self._detached,
             )
             supervisor = Supervisor(
                 install, target, password=password, lock=lock, options=self.options
@@ -181,9 +212,80 @@ class Bridge:
         self._starting = None
         self._password = password
 
-    def _attach_to(self, paths: RunPaths, state: BridgeState) -> None:
+    def _start_shared(self, paths: RunPaths) -> None:
+        """Attach to the data dir's server, starting a detached supervisor if there is none."""
+        lease = UserLease(paths.users_dir)
+        deadline = time.monotonic() + self.options.start_budget
+        try:
+            while True:
+                if self._try_attach(paths, lease):
+                    return
+                state = read_live_state(paths.state)
+                if self._stop_requested:
+                    raise BridgeStartError(
+                        data_dir=str(paths.data_dir),
+                        reason="the start was cancelled by a stop request",
+                    )
+                if time.monotonic() >= deadline:
+                    raise BridgeStartError(
+                        data_dir=str(paths.data_dir),
+                        reason=(
+                            "no shared server reached RUNNING in time (last seen: "
+                            f"{'state ' + state.state if state else 'no server'})"
+                        ),
+                        log_path=str(paths.supervisor_log),
+                    )
+                # none, or one that gave up (and let go of the lock): start a supervisor
+                startable = state is None or state.state == State.FATAL.value
+                if startable and not is_locked(paths.lock):
+                    launched = launch_daemon(self._daemon_spec(paths), paths, deadline=deadline)
+                    log.debug("detached supervisor pid %s: %s", launched.pid, launched.outcome)
+                    continue  # running: attach to it; busy: another one won, attach to that
+                time.sleep(0.05)  # starting, stopping, or an orphaned Node about to exit
+        except BaseException:
+            lease.release()
+            raise
+
+    def _daemon_spec(self, paths: RunPaths) -> DaemonSpec:
+        assert paths.data_dir is not None
+        settings = BridgeSettings(
+            log_level=self.log_level,  # type: ignore[arg-type]
+            node=self._node,
+            js_dir=self._js_dir.absolute() if self._js_dir else None,
+            run_dir=paths.run_dir if self._run_dir else None,
+            port=self._port_setting,
+            host=self.host,
+            allow_remote=self.allow_remote,
+            socket_dir=self._socket_setting.absolute() if self._socket_setting else None,
+            unix_socket=self._unix_socket,
+            cache_dir=self._cache_dir.absolute() if self._cache_dir else None,
+        )
+        return DaemonSpec(
+            data_dir=paths.data_dir,
+            origin="auto",
+            extensions=self.extensions,
+            settings=settings,
+            options=self.options,
+        )
+
+    def _try_attach(self, paths: RunPaths, lease: UserLease | None = None) -> bool:
+        """Register as a user and attach if another process's server is RUNNING.
+
+        Registering and reading the state happen under ``users.lock``, so a shared supervisor that
+        is about to stop for want of users either sees this user or has already said STOPPING.
+        """
+        own_lease = lease is None
+        lease = lease or UserLease(paths.users_dir)
+        with users_mutex(paths.users_lock):
+            lease.acquire()
+            state = read_live_state(paths.state)
+        if state is None or state.state != State.RUNNING.value or not state.port:
+            if own_lease:
+                lease.release()
+            return False
         password = read_password(paths.password)
         if password is None:
+            lease.release()
             raise BridgeNotRunningError(
                 data_dir=str(paths.data_dir),
                 state_path=str(paths.state),
@@ -191,14 +293,17 @@ class Bridge:
             )
         self.paths = paths
         self._attached_state = state
+        self._lease = lease
         self._password = password
         log.info(
-            "attached: data dir %s is served by process %d on %s:%s",
+            "attached: data dir %s is served by process %d on %s:%s (started by %s)",
             paths.data_dir,
             state.supervisor_pid,
             state.host,
             state.port,
+            state.origin,
         )
+        return True
 
     def request_stop(self, force: bool = False) -> None:
         """Ask a starting or running server to stop; safe in a signal handler (sets flags only)."""
@@ -215,9 +320,13 @@ class Bridge:
                 raise error
 
     def stop(self) -> None:
-        """Stop the server this bridge runs (an attached bridge only detaches). Idempotent."""
+        """Stop the server this bridge runs; a shared or attached bridge only ends its use of the
+        server (the shared supervisor stops it once no user is left). Idempotent."""
         supervisor, self.supervisor = self.supervisor, None
+        lease, self._lease = self._lease, None
         self._attached_state = None
+        if lease is not None:
+            lease.release()
         if supervisor is not None:
             supervisor.stop()
             if self.paths is not None and self.paths.data_dir is None:
@@ -241,11 +350,16 @@ class Bridge:
         """True when another process runs the server and this bridge only uses it."""
         return self._attached_state is not None
 
+    def _live_state(self) -> BridgeState | None:
+        return read_live_state(self.paths.state) if self.paths is not None else None
+
     @property
     def running(self) -> bool:
-        """Serving: our supervisor is not STOPPED/FATAL, or the process we attached to is alive."""
+        """Serving: our supervisor is not STOPPED/FATAL, or the process we attached to is alive
+        and neither stopping nor given up."""
         if self._attached_state is not None:
-            return self.paths is not None and read_live_state(self.paths.state) is not None
+            live = self._live_state()
+            return live is not None and live.state in _SERVING
         return self.supervisor is not None and self.supervisor.state not in (
             State.FATAL,
             State.STOPPED,
@@ -254,7 +368,7 @@ class Bridge:
     @property
     def state(self) -> str:
         if self._attached_state is not None:
-            live = read_live_state(self.paths.state) if self.paths else None
+            live = self._live_state()
             return live.state if live is not None else State.STOPPED.value
         return self.supervisor.state.value if self.supervisor else State.STOPPED.value
 
@@ -264,7 +378,10 @@ class Bridge:
             return self._attached_state.port
         if self.supervisor is not None and self.supervisor.port:
             return self.supervisor.port
-        raise BridgeNotRunningError(
+        raise self._not_started()
+
+    def _not_started(self) -> BridgeNotRunningError:
+        return BridgeNotRunningError(
             data_dir=display_path(self.data_dir),
             state_path=str(self.paths.state) if self.paths else "(none)",
             detail="this Bridge was not started",
@@ -282,7 +399,7 @@ class Bridge:
     @property
     def node_pid(self) -> int | None:
         if self._attached_state is not None:
-            live = read_live_state(self.paths.state) if self.paths else None
+            live = self._live_state()
             return live.node_pid if live is not None else None
         return self.supervisor.node_pid if self.supervisor else None
 
@@ -336,11 +453,11 @@ class Bridge:
         if self.supervisor is not None:
             snapshot = BridgeState(**self.supervisor.status())
         else:
-            live = read_live_state(self.paths.state)
+            live = self._live_state()
             if live is None:
                 return {"state": State.STOPPED.value, "data_dir": str(self.paths.data_dir)}
             snapshot = live
-        report = status_report(snapshot)
+        report = status_report(snapshot, users_dir=self.paths.users_dir)
         report["attached"] = self.attached
         return report
 

@@ -12,11 +12,10 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,6 +26,7 @@ from . import __version__
 from .backup import backup_offline, backup_online, restore
 from .bridge import Bridge
 from .config import BridgeSettings, check_exposure, load_bridge_settings, load_settings
+from .daemon import run_daemon
 from .doctor import run_doctor
 from .dsn import async_sqlalchemy_url, libpq_dsn, sqlalchemy_url, unix_dsn
 from .errors import (
@@ -34,12 +34,14 @@ from .errors import (
     BridgeStartError,
     ConfigError,
     HiveBridgeError,
+    StopRefusedError,
 )
+from .launch import DaemonSpec, launch_daemon
+from .leases import live_users
 from .locate import check_js_dir, default_js_dir
 from .lock import is_locked, read_lock_owner
 from .logs import configure_logging
 from .paths import RunPaths, read_password, run_paths_for
-from .readiness import parse_events
 from .statefile import BridgeState, process_matches, read_live_state, remove_state
 from .status import status_report
 from .supervisor import State, SupervisorOptions
@@ -49,6 +51,9 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_NOT_RUNNING = 3
+
+#: how long `start` waits for an on-demand server to confirm it was pinned
+PIN_WAIT = 5.0
 
 
 def _out(text: str) -> None:
@@ -126,138 +131,116 @@ def _options(args: argparse.Namespace) -> SupervisorOptions:
     return SupervisorOptions(start_timeout=timeout) if timeout else SupervisorOptions()
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return shlex.join(psutil.Process(pid).cmdline())[:200]
+    except (psutil.Error, ValueError):
+        return "?"
+
+
 # ----------------------------------------------------------------------------------- start
 
 
-def _wait_running(paths: RunPaths, timeout: float, pid: int | None = None) -> BridgeState | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = read_live_state(paths.state)
-        if state is None:
-            return None
-        if pid is not None and state.supervisor_pid != pid:
-            return None
-        if state.state == State.RUNNING.value:
-            return state
-        if state.state == State.FATAL.value:
-            return state
-        time.sleep(0.05)
-    return read_live_state(paths.state)
-
-
-def _already_running(target: _Target, paths: RunPaths, state: BridgeState) -> int:
-    if state.state != State.RUNNING.value:
-        waited = _wait_running(paths, _options_timeout())
-        if waited is None or waited.state != State.RUNNING.value:
-            raise BridgeStartError(
-                data_dir=str(target.data_dir),
-                reason=(
-                    f"a server for it is run by process {state.supervisor_pid} but is in state "
-                    f"{waited.state if waited else 'gone'}"
-                ),
-                log_path=state.log_path,
-                fix=f"see: hive-bridge status --data-dir {shlex.quote(str(target.data_dir))}",
-            )
-        state = waited
-    _err(
-        f"hive-bridge: already running for {target.data_dir} "
-        f"(supervisor pid {state.supervisor_pid}, node pid {state.node_pid}, "
-        f"{state.host}:{state.port}, started by {state.origin})"
+def _describe(state: BridgeState) -> str:
+    return (
+        f"supervisor pid {state.supervisor_pid}, node pid {state.node_pid}, "
+        f"{state.host}:{state.port}, started by {state.origin}"
     )
+
+
+def _pin(paths: RunPaths, state: BridgeState) -> bool:
+    """Ask an on-demand supervisor to run until ``hive-bridge stop`` (SIGUSR1); True once it did."""
+    cmdline = _cmdline(state.supervisor_pid)
+    if "hive_bridge" not in cmdline or "supervise" not in cmdline:
+        return False  # not our detached supervisor: SIGUSR1 would kill it
+    if not process_matches(state.supervisor_pid, state.supervisor_create_time):
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(state.supervisor_pid, signal.SIGUSR1)
+    deadline = time.monotonic() + PIN_WAIT
+    while time.monotonic() < deadline:
+        live = read_live_state(paths.state)
+        if live is None or live.supervisor_pid != state.supervisor_pid:
+            return False
+        if live.origin == "cli":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _already_running(
+    target: _Target, paths: RunPaths, state: BridgeState, *, pin: bool = False
+) -> int:
+    note = ""
+    if state.origin == "auto":
+        if pin and _pin(paths, state):
+            note = "; it was started for applications and now runs until hive-bridge stop"
+        else:
+            note = "; it was started for applications and stops when they exit"
+    elif state.origin == "api":
+        note = f"; it runs inside application process {state.supervisor_pid} and stops with it"
+    _err(f"hive-bridge: already running for {target.data_dir} ({_describe(state)}){note}")
     _out(_dsn_of(state, paths))
     return EXIT_OK
-
-
-def _options_timeout() -> float:
-    options = SupervisorOptions()
-    return options.start_timeout * (options.startretries + 1) + 30.0
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     target = _target(args)
     if args.foreground:
         return _run_foreground(target, args, print_dsn=True)
+    settings = target.settings
+    settings = replace(
+        settings,
+        host=args.host or settings.host,
+        port=settings.port if args.port is None else args.port,
+    )
     check_exposure(
-        args.host or target.settings.host,
-        target.settings.allow_remote,
+        settings.host,
+        settings.allow_remote,
         setting="--host" if args.host else "HIVE_BRIDGE_HOST",
     )
     paths = target.paths(create=True)
-    state = read_live_state(paths.state)
-    if state is not None:
-        return _already_running(target, paths, state)
-    argv = [sys.executable, "-m", "hive_bridge", "supervise", "--data-dir", str(target.data_dir)]
-    if args.port is not None:
-        argv += ["--port", str(args.port)]
-    if args.host:
-        argv += ["--host", args.host]
-    if args.timeout:
-        argv += ["--timeout", str(args.timeout)]
-    with open(paths.supervisor_log, "ab") as log_file:
-        offset = log_file.seek(0, os.SEEK_END)
-        child = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,
-            close_fds=True,
-        )
-    deadline = time.monotonic() + (args.timeout or 0) * 4 + _options_timeout()
-    while time.monotonic() < deadline:
-        status = child.poll()
+    options = _options(args)
+    assert target.data_dir is not None
+    spec = DaemonSpec(data_dir=target.data_dir, origin="cli", settings=settings, options=options)
+    deadline = time.monotonic() + options.start_budget
+    ours: int | None = None
+    while True:
         state = read_live_state(paths.state)
-        if state is not None and state.supervisor_pid == child.pid:
-            if state.state == State.RUNNING.value:
+        if state is not None and state.state == State.RUNNING.value:
+            if ours is not None and state.supervisor_pid == ours:
                 _err(
-                    f"hive-bridge: started for {target.data_dir} (supervisor pid {child.pid}, "
-                    f"node pid {state.node_pid}, {state.host}:{state.port}); "
+                    f"hive-bridge: started for {target.data_dir} ({_describe(state)}); "
                     f"log: {paths.supervisor_log}"
                 )
                 _out(_dsn_of(state, paths))
                 return EXIT_OK
-        elif state is not None and status is not None:
-            # another supervisor won the race for this data dir
-            return _already_running(target, paths, state)
-        if status is not None:
-            _err(_supervise_failure(paths, offset, status))
-            return EXIT_FAIL
+            return _already_running(target, paths, state, pin=True)
+        startable = state is None or state.state == State.FATAL.value
+        if startable and not is_locked(paths.lock):
+            launched = launch_daemon(spec, paths, deadline=deadline)
+            ours = launched.pid if launched.outcome == "running" else None
+            continue
+        if time.monotonic() >= deadline:
+            raise BridgeStartError(
+                data_dir=str(target.data_dir),
+                reason=(
+                    f"a server for it is run by process {state.supervisor_pid} but stayed in "
+                    f"state {state.state}"
+                    if state is not None
+                    else "its lock stayed held with no supervisor to report on it"
+                ),
+                log_path=state.log_path if state is not None else None,
+                fix=f"see: hive-bridge status --data-dir {target.quoted}",
+            )
         time.sleep(0.05)
-    child.terminate()
-    try:
-        child.wait(SupervisorOptions().stopwaitsecs + 5)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-    raise BridgeStartError(
-        data_dir=str(target.data_dir),
-        reason="the detached supervisor did not reach RUNNING in time",
-        log_path=str(paths.supervisor_log),
-    )
-
-
-def _supervise_failure(paths: RunPaths, offset: int, status: int) -> str:
-    try:
-        with open(paths.supervisor_log, "rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
-        text = ""
-    errors = [e for e in parse_events(text) if e.get("event") == "error"]
-    if errors and errors[-1].get("message"):
-        return str(errors[-1]["message"])
-    tail = "\n".join(text.splitlines()[-20:])
-    return (
-        f"hive-bridge: the supervisor exited with status {status} before the server was running. "
-        f"Its log {paths.supervisor_log} says:\n{tail}"
-    )
 
 
 def _run_foreground(target: _Target, args: argparse.Namespace, *, print_dsn: bool) -> int:
     if target.data_dir is not None:
         paths = target.paths(create=True)
         state = read_live_state(paths.state)
-        if state is not None and print_dsn:
+        if state is not None and state.state == State.RUNNING.value and print_dsn:
             return _already_running(target, paths, state)
     bridge = Bridge(
         target.data_dir,
@@ -302,12 +285,16 @@ def _run_foreground(target: _Target, args: argparse.Namespace, *, print_dsn: boo
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
-    """What ``start`` runs detached: the supervisor, errors as one JSON line for ``start``."""
-    try:
-        return _run_foreground(_target(args), args, print_dsn=False)
-    except HiveBridgeError as exc:
-        _err(json.dumps({"event": "error", "type": type(exc).__name__, "message": str(exc)}))
-        return exc.exit_status
+    """What ``start`` and applications run detached: the supervisor (see hive_bridge.daemon)."""
+    if args.spec:
+        spec = DaemonSpec.from_json(args.spec)
+    else:
+        target = _target(args)
+        if target.data_dir is None:
+            target.paths()  # raises the "in-memory" ConfigError
+        assert target.data_dir is not None
+        spec = DaemonSpec(data_dir=target.data_dir, origin=args.origin, settings=target.settings)
+    return run_daemon(spec, detach=args.detach, notify_fd=args.notify_fd)
 
 
 # ------------------------------------------------------------------------------------ stop
@@ -329,17 +316,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
             _err(f"hive-bridge: not running for {target.data_dir} (nothing to stop)")
         return EXIT_OK
     if state.origin != "cli" and not args.force:
-        raise BridgeStartError(
+        raise StopRefusedError(
             data_dir=str(target.data_dir),
-            reason=(
-                f"cannot stop it: the server was started by the application in process "
-                f"{state.supervisor_pid} ({_cmdline(state.supervisor_pid)}), which would only "
-                f"restart it"
-            ),
-            fix=(
-                f"stop that application, or send it SIGTERM with: hive-bridge stop --force "
-                f"--data-dir {shlex.quote(str(target.data_dir))}"
-            ),
+            origin=state.origin,
+            owner_pid=state.supervisor_pid,
+            owner_cmdline=_cmdline(state.supervisor_pid),
+            users=[lease.pid for lease in live_users(paths.users_dir)],
         )
     pid = state.supervisor_pid
     _err(f"hive-bridge: stopping supervisor pid {pid} for {target.data_dir} ...")
@@ -374,13 +356,6 @@ def _wait_gone(pid: int, create_time: float | None, timeout: float) -> bool:
     return not process_matches(pid, create_time)
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return shlex.join(psutil.Process(pid).cmdline())[:200]
-    except (psutil.Error, ValueError):
-        return "?"
-
-
 # ---------------------------------------------------------------------------- status, url
 
 
@@ -396,30 +371,39 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "data_dir": str(target.data_dir),
             }
         else:
-            report = status_report(state)
+            report = status_report(state, users_dir=paths.users_dir)
         report["running"] = running
         _out(json.dumps(report, indent=2, sort_keys=True))
         return EXIT_OK if running else EXIT_NOT_RUNNING
     if state is None:
         _out(f"hive-bridge: not running (data dir {target.data_dir})")
         return EXIT_NOT_RUNNING
-    report = status_report(state)
+    report = status_report(state, users_dir=paths.users_dir)
     rss = report.get("rss_bytes")
     uptime = report.get("uptime_s")
+    users = report.get("users") or []
+    lifetime = {
+        "cli": "runs until hive-bridge stop",
+        "auto": "stops when its last user exits",
+        "api": f"stops with process {state.supervisor_pid}",
+    }.get(state.origin, "")
     lines = [
         f"hive-bridge: {state.state} (data dir {state.data_dir})",
         f"  supervisor pid {state.supervisor_pid} (started by {state.origin}), "
-        f"node pid {state.node_pid}",
+        f"node pid {state.node_pid}; {lifetime}",
         f"  listening on {state.host}:{state.port} (admin 127.0.0.1:{state.admin_port})",
         f"  unix socket {state.socket_dir}/.s.PGSQL.{state.port}"
         if state.socket_dir
         else "  unix socket: off",
+        f"  users: {len(users)}" + (f" (pids {', '.join(map(str, users))})" if users else ""),
         f"  uptime {uptime:.0f}s" if uptime is not None else "  uptime -",
         f"  restarts {state.restarts}, node RSS "
         + (f"{rss / 1024 / 1024:.0f} MB" if isinstance(rss, int) else "-"),
         "  versions: " + ", ".join(f"{k} {v}" for k, v in sorted(state.versions.items())),
         f"  server log: {state.log_path}",
     ]
+    if state.supervisor_log_path:
+        lines.append(f"  supervisor log: {state.supervisor_log_path}")
     stats = report.get("stats")
     if isinstance(stats, dict):
         lines.append(
@@ -447,13 +431,7 @@ def _running_state(target: _Target, paths: RunPaths, fix: str | None = None) -> 
 def cmd_url(args: argparse.Namespace) -> int:
     target = _target(args)
     paths = target.paths()
-    state = read_live_state(paths.state)
-    if state is None or state.state != State.RUNNING.value:
-        raise BridgeNotRunningError(
-            data_dir=str(target.data_dir),
-            state_path=str(paths.state),
-            detail=None if state is None else f"state {state.state}",
-        )
+    state = _running_state(target, paths)
     kind = (
         "unix"
         if args.unix
@@ -557,14 +535,18 @@ def build_parser() -> argparse.ArgumentParser:
         "start", "start the server (detached unless --foreground) and print its DSN", cmd_start
     )
     start.add_argument("--foreground", action="store_true", help="supervise in this process")
-    for p in (start, add("supervise", None, cmd_supervise)):
-        p.add_argument("--port", type=int, default=None, help="TCP port (default HIVE_BRIDGE_PORT)")
-        p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
-        p.add_argument("--timeout", type=float, default=None, help="seconds to wait for a start")
+    start.add_argument("--port", type=int, default=None, help="TCP port (default HIVE_BRIDGE_PORT)")
+    start.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    start.add_argument("--timeout", type=float, default=None, help="seconds to wait for a start")
+    supervise = add("supervise", None, cmd_supervise)
+    supervise.add_argument("--origin", choices=("cli", "auto"), default="cli")
+    supervise.add_argument("--detach", action="store_true")
+    supervise.add_argument("--notify-fd", type=int, default=None)
+    supervise.add_argument("--spec", default=None)
     stop = add("stop", "stop the server (exit 0 also when it is not running)", cmd_stop)
     stop.add_argument("--timeout", type=float, default=None, help="seconds before SIGKILL")
     stop.add_argument(
-        "--force", action="store_true", help="also SIGTERM an application that auto-started it"
+        "--force", action="store_true", help="also stop a server that applications use"
     )
     status = add("status", "show the server state (exit 0 running, 3 not running)", cmd_status)
     status.add_argument("--json", action="store_true", help="machine-readable output")

@@ -2,9 +2,11 @@
 
 ``HIVE_DATABASE_BACKEND``/``HIVE_DATABASE_URL`` choose the backend. sqlite and postgresql URLs are
 used as given (only the PostgreSQL driver is normalized: ``postgresql+psycopg`` sync,
-``postgresql+asyncpg`` async). For pglite the first call starts the bridge - or attaches to one
-another process runs for the same data dir - and every engine of this process shares it; it is
-stopped at interpreter exit.
+``postgresql+asyncpg`` async). For pglite the first call attaches this process to the data dir's
+shared server - started on demand as a detached supervisor process if none runs - and every engine
+of this process uses it. The process is registered as a user of that server until interpreter exit
+(or until it dies); the server stops shortly after its last user is gone. An in-memory database
+(``pglite://memory``) cannot be shared: it is run inside this process and stopped at exit.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ _atexit_registered = False
 
 
 def auto_bridge(settings: Settings | None = None) -> Bridge:
-    """The bridge of this process for the configured pglite data dir (started on first use)."""
+    """The bridge of this process for the configured pglite data dir (attached on first use)."""
     global _atexit_registered
     settings = settings or load_settings()
     target = settings.database
@@ -66,7 +68,11 @@ def auto_bridge(settings: Settings | None = None) -> Bridge:
         if bridge is not None:
             bridge.stop()
         bridge = Bridge(
-            target.data_dir, memory=target.memory, origin="auto", settings=settings.bridge
+            target.data_dir,
+            memory=target.memory,
+            origin="auto",
+            shared=not target.memory,
+            settings=settings.bridge,
         )
         bridge.start()
         _bridges[key] = bridge
@@ -77,7 +83,8 @@ def auto_bridge(settings: Settings | None = None) -> Bridge:
 
 
 def stop_auto_bridges() -> None:
-    """Stop every bridge :func:`auto_bridge` started in this process (runs at exit)."""
+    """End this process's use of the bridges :func:`auto_bridge` gave it (runs at exit): shared
+    servers stop once no other process uses them, an in-memory one stops now."""
     with _lock:
         bridges = list(_bridges.values())
         _bridges.clear()

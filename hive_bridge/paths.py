@@ -2,8 +2,8 @@
 
 A data dir ``data/automagik_hive.db`` gets the run dir ``data/automagik_hive.db.bridge/`` (next to
 the real path of the data dir, mode 0700 when we create it) holding ``lock``, ``state.json``,
-``server.log``, ``supervisor.log`` and ``password`` (mode 0600). An in-memory database gets a
-private temporary run dir.
+``server.log``, ``supervisor.log``, ``password`` (mode 0600), ``users/`` (one lease per process using
+a shared server) and ``users.lock``. An in-memory database gets a private temporary run dir.
 
 The Unix socket lives in ``<run dir>/sock/`` (0700) when the socket path fits the platform's limit
 with room to spare, else in ``$XDG_RUNTIME_DIR/hive-bridge/<key>/`` or ``/tmp/hive-bridge-<uid>/<key>/``.
@@ -69,6 +69,14 @@ class RunPaths:
     @property
     def password(self) -> Path:
         return self.run_dir / "password"
+
+    @property
+    def users_dir(self) -> Path:
+        return self.run_dir / "users"
+
+    @property
+    def users_lock(self) -> Path:
+        return self.run_dir / "users.lock"
 
 
 def resolve_data_dir(data_dir: Path | str) -> Path:

@@ -6,11 +6,13 @@ Shared by ``hive-bridge status`` and :meth:`hive_bridge.Bridge.status`.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from .admin import get_stats
+from .leases import live_users
 from .statefile import BridgeState, process_matches
 
 __all__ = ["status_report"]
@@ -25,8 +27,11 @@ def _rss(pid: int | None, create_time: float | None) -> int | None:
         return None
 
 
-def status_report(state: BridgeState, *, live: bool = True) -> dict[str, Any]:
-    """A JSON-able description: pids, address, state, uptime, restarts, RSS, versions, live stats."""
+def status_report(
+    state: BridgeState, *, live: bool = True, users_dir: Path | None = None
+) -> dict[str, Any]:
+    """A JSON-able description: pids, address, state, uptime, restarts, RSS, versions, live stats,
+    and the pids of the processes registered as users (``users_dir``)."""
     now = time.time()
     report: dict[str, Any] = {
         "state": state.state,
@@ -48,6 +53,8 @@ def status_report(state: BridgeState, *, live: bool = True) -> dict[str, Any]:
         "socket_dir": state.socket_dir,
         "error": state.error,
     }
+    if users_dir is not None:
+        report["users"] = [lease.pid for lease in live_users(users_dir, clean=False)]
     if live:
         report["rss_bytes"] = _rss(state.node_pid, state.node_create_time)
         report["stats"] = get_stats(state.admin_port) if state.admin_port else None

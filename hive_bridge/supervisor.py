@@ -76,6 +76,17 @@ class SupervisorOptions:
     health_failures: int = 2
     hang_kill_wait: float = 2.0
     busy_grace: float = 60.0
+    #: a shared (on-demand) server looks for live users this often, and stops once it has had
+    #: none for ``idle_grace`` seconds
+    idle_check_interval: float = 1.0
+    idle_grace: float = 2.0
+
+    @property
+    def start_budget(self) -> float:
+        """The longest a start can take, all retries and backoffs included (plus a margin)."""
+        return (
+            self.start_timeout * (self.startretries + 1) + self.backoff_max * self.startretries + 30
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,8 @@ class ServerTarget:
     socket_dir: Path | None = None
     allow_remote: bool = False
     cache_dir: Path | None = None
+    #: supervised by a detached ``hive-bridge supervise`` process (its output: supervisor.log)
+    detached: bool = False
 
     @property
     def label(self) -> str:
@@ -141,6 +154,7 @@ class Supervisor:
         self.password = password
         self._lock = lock
         self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
         self._state = State.STOPPED
         self._proc: NodeProcess | None = None
         self._ready: ReadyInfo | None = None
@@ -159,6 +173,7 @@ class Supervisor:
         self._health: threading.Thread | None = None
         self._tailer: LogTailer | None = None
         self._create_time = process_create_time(os.getpid()) or 0.0
+        self._origin: Origin = target.origin
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ public properties
@@ -192,6 +207,22 @@ class Supervisor:
     @property
     def ready_info(self) -> ReadyInfo | None:
         return self._ready
+
+    @property
+    def origin(self) -> Origin:
+        return self._origin
+
+    def set_origin(self, origin: Origin) -> None:
+        """Change who the server belongs to (an on-demand server pinned by ``hive-bridge start``)."""
+        self._origin = origin
+        self._write_state()
+
+    def announce_stop(self) -> None:
+        """Request a stop and write STOPPING to the state file before returning, so a process that
+        reads it afterwards knows not to attach to this server."""
+        self.request_stop()
+        if self.active:
+            self._write_state()
 
     @property
     def dsn(self) -> str:
@@ -269,15 +300,28 @@ class Supervisor:
         self._release_lock()
         remove_state(self.target.paths.state, only_if_pid=os.getpid())
 
-    def wait(self, poll: float = 0.2) -> BridgeStartError | None:
-        """Block until the monitor ends (stopped or FATAL); returns the FATAL error, if any.
+    def wait(self, poll: float = 0.2, timeout: float | None = None) -> BridgeStartError | None:
+        """Block until the monitor ends (stopped or FATAL), or ``timeout`` passed; returns the FATAL
+        error, if any.
 
         Waits in short slices so signal handlers of the main thread keep running.
         """
         monitor = self._monitor
+        deadline = None if timeout is None else time.monotonic() + timeout
         while monitor is not None and monitor.is_alive():
-            monitor.join(poll)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                monitor.join(min(poll, left))
+            else:
+                monitor.join(poll)
         return self._fatal_error
+
+    @property
+    def active(self) -> bool:
+        """Whether the monitor thread still runs (not yet STOPPED or FATAL)."""
+        return self._monitor is not None and self._monitor.is_alive()
 
     def status(self) -> dict[str, Any]:
         with self._cond:
@@ -577,10 +621,13 @@ class Supervisor:
         }
         if ready is not None and ready.postgres_version:
             versions["postgres"] = ready.postgres_version
+        state = self._state
+        if self._stop_requested and state not in (State.STOPPED, State.FATAL):
+            state = State.STOPPING  # on its way out: nobody may attach any more
         return BridgeState(
             supervisor_pid=os.getpid(),
             supervisor_create_time=self._create_time,
-            state=self._state.value,
+            state=state.value,
             data_dir=None if self.target.data_dir is None else str(self.target.data_dir),
             host=self.target.host,
             port=self._port if ready is not None else None,
@@ -595,21 +642,24 @@ class Supervisor:
             versions=versions,
             log_path=str(self.target.paths.server_log),
             supervisor_log_path=(
-                str(self.target.paths.supervisor_log) if self.target.origin == "cli" else None
+                str(self.target.paths.supervisor_log) if self.target.detached else None
             ),
-            origin=self.target.origin,
+            origin=self._origin,
             error=str(self._fatal_error) if self._fatal_error is not None else None,
             updated_at=time.time(),
             socket_dir=(ready.socket_dir if ready is not None else None),
         )
 
     def _write_state(self) -> None:
-        with self._cond:
-            snapshot = self._snapshot()
-        try:
-            write_state(self.target.paths.state, snapshot)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", self.target.paths.state, exc)
+        # one writer at a time, snapshot and write together: a snapshot taken before a stop request
+        # must never overwrite the STOPPING that announce_stop() wrote after it
+        with self._write_lock:
+            with self._cond:
+                snapshot = self._snapshot()
+            try:
+                write_state(self.target.paths.state, snapshot)
+            except OSError as exc:
+                log.warning("cannot write %s: %s", self.target.paths.state, exc)
 
     def _forget_inherited_fds(self) -> None:
         proc = self._proc

@@ -33,13 +33,16 @@ def fingerprint(path: Path) -> dict[str, tuple[int, str]]:
     return entries
 
 
-def test_data_dir_of_another_pglite_version_is_refused_untouched(fresh_data_dir: Path) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "shared supervisor"])
+def test_data_dir_of_another_pglite_version_is_refused_untouched(
+    fresh_data_dir: Path, shared: bool
+) -> None:
     stamp = fresh_data_dir / "hive-bridge.json"
     stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "pglite_version": "0.4.0"}))
     before = fingerprint(fresh_data_dir)
 
     with pytest.raises(DataDirError) as info:
-        Bridge(fresh_data_dir, options=FAST).start()
+        Bridge(fresh_data_dir, shared=shared, options=FAST).start()
 
     error = info.value
     assert error.code == "version_mismatch"
@@ -172,12 +175,13 @@ def squatter() -> Iterator[tuple[int, int]]:
     proc.wait(10)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "shared supervisor"])
 def test_port_in_use_names_the_process_that_holds_it(
-    fresh_data_dir: Path, squatter: tuple[int, int]
+    fresh_data_dir: Path, squatter: tuple[int, int], shared: bool
 ) -> None:
     pid, port = squatter
     with pytest.raises(PortInUseError) as info:
-        Bridge(fresh_data_dir, port=port, options=FAST).start()
+        Bridge(fresh_data_dir, port=port, shared=shared, options=FAST).start()
     error = info.value
     assert (error.port, error.owner_pid) == (port, pid)
     assert error.owner_name is not None and error.owner_name.startswith("python")
