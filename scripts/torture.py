@@ -13,8 +13,10 @@ What it does, all on one data dir (a fresh temp dir unless --data-dir is given):
    INSERTs and small multi-statement transactions (2-5 INSERTs plus a transfer between two accounts)
    - SIGKILL the Node process at a random moment, let the supervisor restart it on the same port,
    let the writers reconnect and write on, stop them, verify, stop the server.
-2. SIGKILL the Python supervisor itself mid-write (a detached ``hive-bridge start``), once alone
-   (Node notices and exits by itself) and once together with Node; start again, verify.
+2. SIGKILL the Python supervisor itself mid-write: the detached one ``hive-bridge start`` runs,
+   once alone (Node notices and exits by itself) and once together with Node, and the one
+   applications share (``Bridge(shared=True)``, as ``create_engine`` starts it); start again,
+   verify.
 3. SIGTERM during a large transaction (200k rows in one transaction, as one statement or as four),
    sent to Node or to the supervisor at moments spread over the transaction: all or nothing.
 4. ``hive-bridge backup`` once, restored into a new data dir, verified - if the CLI has it.
@@ -694,6 +696,35 @@ class CliServer:
         cli("stop", "--data-dir", str(self.data_dir), timeout=60)
 
 
+@dataclass
+class SharedServer:
+    """A server run by the detached supervisor applications share (``Bridge(shared=True)``, what
+    ``create_engine`` uses): each :meth:`start` is one more application use of it."""
+
+    data_dir: Path
+    port: int
+    log_level: str = "INFO"
+    dsn: str = ""
+    asyncpg_dsn: str = ""
+    bridges: list[Bridge] = field(default_factory=list)
+
+    def start(self) -> None:
+        bridge = Bridge(self.data_dir, shared=True, port=self.port, log_level=self.log_level)
+        self.bridges.append(bridge.start())
+        self.dsn, self.asyncpg_dsn = bridge.dsn, bridge.asyncpg_dsn
+
+    def status(self) -> dict[str, Any]:
+        return self.bridges[-1].status()
+
+    def stop(self) -> None:
+        """End every use; the supervisor then stops by itself: wait until it has."""
+        pid = self.bridges[-1].status().get("supervisor_pid") if self.bridges else None
+        for bridge in self.bridges:
+            bridge.stop()
+        if pid:
+            wait_gone(int(pid), 30)
+
+
 def wait_gone(pid: int, timeout: float) -> float:
     """Wait for process ``pid`` to end; return how long it took."""
     t0 = time.monotonic()
@@ -841,12 +872,24 @@ class Torture:
             f"missing {len(verdict.missing)}  {verdict.summary()}  [{time.monotonic() - t0:4.1f}s]"
         )
 
-    def supervisor_kill(self, harsh: bool) -> None:
-        """SIGKILL the (detached, CLI) Python supervisor mid-write; with ``harsh``, Node too."""
+    def supervisor_kill(self, harsh: bool, shared: bool = False) -> None:
+        """SIGKILL the detached Python supervisor mid-write (with ``harsh``, Node too): the one
+        ``hive-bridge start`` runs, or with ``shared`` the one applications share; start again."""
         label = "supervisor+node SIGKILL" if harsh else "supervisor SIGKILL"
+        label += " (shared, as create_engine starts it)" if shared else " (hive-bridge start)"
         t0 = time.monotonic()
         port = free_port()
-        server = self.open_cli(port)
+        server: CliServer | SharedServer
+        if shared:
+            server = SharedServer(self.data_dir, port, log_level=self.log_level)
+            try:
+                server.start()
+            except BridgeStartError as exc:
+                self.res.opens_failed += 1
+                raise RuntimeError(f"the data dir did not open: {exc}") from exc
+            self.res.opens_ok += 1
+        else:
+            server = self.open_cli(port)
         node_exit = 0.0
         try:
             st = server.status()
@@ -860,7 +903,9 @@ class Torture:
                 if harsh:
                     os.kill(node_pid, signal.SIGKILL)
                 node_exit = wait_gone(node_pid, 30)
-                server.start()  # same port, same password: the writers reconnect by themselves
+                # the application (or the user) starts it again: same port, same password, so
+                # the writers reconnect by themselves
+                server.start()
                 self.res.opens_ok += 1
                 t_ready = wait_sql(server.dsn)
                 self.res.restarts_other.setdefault(label, []).append(t_ready - t_kill)
@@ -1192,6 +1237,7 @@ def main() -> int:
         if not args.no_specials:
             t.supervisor_kill(harsh=False)
             t.supervisor_kill(harsh=True)
+            t.supervisor_kill(harsh=False, shared=True)
             for target in ("node", "supervisor"):
                 for shape in BIG_SHAPES:
                     t.big_transaction(target, shape)
