@@ -74,3 +74,9 @@ bench: install
 .PHONY: torture
 torture: install
 	$(BIN)/python scripts/torture.py $(TORTURE_ARGS)
+
+# ---- soak: 50 connections from 5 processes, mixed workload, RSS trend (scripts/soak.py) ----
+# 3 minutes by default; `make soak SOAK_ARGS="--seconds 600"` for longer. Exits 1 on any error.
+.PHONY: soak
+soak: install
+	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
