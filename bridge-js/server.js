@@ -148,8 +148,8 @@ class Server {
       }
       const { initialised } = DataDir.checkDataDir(opts.dataDir, POSTGRES_MAJOR);
       if (initialised) {
+        this.stamp = DataDir.checkStamp(opts.dataDir, pgliteVersion); // refuse a foreign dir untouched
         DataDir.clearCrashLeftovers(opts.dataDir, log);
-        this.stamp = DataDir.checkStamp(opts.dataDir, pgliteVersion);
       } else if (opts.useTemplate) {
         await this.createDataDir(pgliteVersion);
       }
@@ -248,6 +248,7 @@ class Server {
     const file = path.resolve(target);
     if (!fs.existsSync(path.dirname(file))) throw new Error(`directory ${path.dirname(file)} does not exist`);
     if (file === dir || file.startsWith(`${dir}${path.sep}`)) throw new Error('the backup file cannot be inside the data dir');
+    if (fs.existsSync(file)) throw new Error(`${file} already exists; choose another path (a backup is never overwritten)`);
     return this.scheduler.exclusive('backup', async (job) => {
       const t0 = Date.now();
       const out = parseMessages(await this.scheduler.exec(job, query('CHECKPOINT')));
@@ -256,7 +257,12 @@ class Server {
       const tmp = `${file}.tmp-${process.pid}`;
       try {
         await promisify(execFile)('tar', ['-czf', tmp, '--exclude=./postmaster.pid', '-C', dir, '.']);
-        fs.renameSync(tmp, file);
+        try {
+          fs.linkSync(tmp, file); // never overwrites: fails if the file exists, even if it appeared meanwhile
+        } catch (err) {
+          if (err.code === 'EEXIST') throw new Error(`${file} already exists; choose another path (a backup is never overwritten)`);
+          throw err;
+        }
       } finally {
         fs.rmSync(tmp, { force: true });
       }

@@ -150,7 +150,7 @@ export function checkStamp(dir, pgliteVersion) {
   const minor = (v) => String(v).split('.').slice(0, 2).join('.');
   if (stamp.pglite_version && minor(stamp.pglite_version) !== minor(pgliteVersion)) {
     throw new StartError('version_mismatch', `data dir ${dir} was created by PGlite ${stamp.pglite_version}; this server runs PGlite ${pgliteVersion}, and data dirs are not compatible across PGlite minor versions`,
-      `open it with PGlite ${minor(stamp.pglite_version)}.x (check out the hive-bridge version that made it), dump it with "hive-bridge backup", and restore into a new data dir`);
+      `open it with the hive-bridge version that has PGlite ${minor(stamp.pglite_version)}.x, dump it with pg_dump (PostgreSQL 18 or newer) while it runs, and load the dump into a new data dir; a file-level backup cannot cross PGlite versions`);
   }
   return stamp;
 }
