@@ -43,7 +43,8 @@ export class ProtocolError extends Error {
  */
 export class FrameReader {
   constructor(maxMessage = MAX_MESSAGE_LEN) {
-    this.buf = null;
+    this.chunks = []; // received and not yet consumed; joined only when a whole message is there
+    this.total = 0;
     this.startup = true;
     this.maxMessage = maxMessage;
     this.limitFor = null; // type byte -> largest allowed length, or -1 for a type that is not allowed
@@ -55,39 +56,55 @@ export class FrameReader {
   }
 
   push(chunk) {
-    this.buf = this.buf && this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    this.chunks.push(chunk);
+    this.total += chunk.length;
   }
 
-  /** Next complete message, or null. Throws ProtocolError on a malformed length. */
+  /** The first chunk, joined with the next ones until it holds at least n bytes (total >= n). */
+  head(n) {
+    if (this.chunks[0].length >= n) return this.chunks[0];
+    let have = 0;
+    let k = 0;
+    while (have < n) have += this.chunks[k++].length;
+    const joined = Buffer.concat(this.chunks.slice(0, k), have);
+    this.chunks.splice(0, k, joined);
+    return joined;
+  }
+
+  take(n) {
+    const first = this.head(n);
+    const out = first.subarray(0, n);
+    if (first.length === n) this.chunks.shift();
+    else this.chunks[0] = first.subarray(n);
+    this.total -= n;
+    return out;
+  }
+
+  /** Next complete message, or null. Throws ProtocolError on a malformed header. */
   next() {
-    const buf = this.buf;
-    if (!buf) return null;
     if (this.startup) {
-      if (buf.length < 4) return null;
-      const len = buf.readInt32BE(0);
+      if (this.total < 4) return null;
+      const len = this.head(4).readInt32BE(0);
       if (len < 8 || len > MAX_STARTUP_PACKET) throw new ProtocolError(`invalid length of startup packet (${len})`);
-      if (buf.length < len) return null;
-      const msg = { type: 0, buf: buf.subarray(0, len) };
-      this.buf = buf.subarray(len);
-      return msg;
+      if (this.total < len) return null;
+      return { type: 0, buf: this.take(len) };
     }
-    if (buf.length < 1) return null;
-    const limit = this.limitFor ? this.limitFor(buf[0]) : this.maxMessage;
-    if (limit < 0) throw new ProtocolError(`invalid frontend message type ${buf[0]} ("${String.fromCharCode(buf[0])}")`);
-    if (buf.length < 5) return null;
-    const len = buf.readInt32BE(1);
+    if (this.total < 1) return null;
+    const type = this.head(1)[0];
+    const limit = this.limitFor ? this.limitFor(type) : this.maxMessage;
+    if (limit < 0) throw new ProtocolError(`invalid frontend message type ${type} ("${String.fromCharCode(type)}")`);
+    if (this.total < 5) return null;
+    const len = this.head(5).readInt32BE(1);
     if (len < 4 || len > limit) {
-      throw new ProtocolError(`invalid message length ${len} for message type "${String.fromCharCode(buf[0])}"`);
+      throw new ProtocolError(`invalid message length ${len} for message type "${String.fromCharCode(type)}"`);
     }
-    if (buf.length < len + 1) return null;
-    const msg = { type: buf[0], buf: buf.subarray(0, len + 1) };
-    this.buf = buf.subarray(len + 1);
-    return msg;
+    if (this.total < len + 1) return null;
+    return { type, buf: this.take(len + 1) };
   }
 
-  /** Bytes of a message still being received (for limits on what one client may buffer). */
+  /** Bytes received and not yet cut into messages. */
   pending() {
-    return this.buf ? this.buf.length : 0;
+    return this.total;
   }
 }
 
