@@ -150,7 +150,17 @@ async def _ping(params: dict[str, Any], timeout: float) -> float:
     start = time.monotonic()
     conn: Any = None
     try:
-        conn = await asyncio.wait_for(asyncpg.connect(timeout=timeout, **params), timeout)
+        try:
+            conn = await asyncio.wait_for(asyncpg.connect(timeout=timeout, **params), timeout)
+        except asyncpg.exceptions.TooManyConnectionsError:
+            # Every connection slot is taken: the server answered the startup with a proper error, so
+            # it is alive and busy, not hung. Restarting it would drop every one of those connections.
+            log.debug(
+                "ping %s:%s: all connection slots in use (53300); the server answers",
+                params["host"],
+                params["port"],
+            )
+            return time.monotonic() - start
         connected = time.monotonic()
         remaining = max(0.05, timeout - (connected - start))
         await asyncio.wait_for(conn.execute("SELECT 1"), remaining)

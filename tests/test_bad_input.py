@@ -33,6 +33,7 @@ import pytest
 from helpers import SHARED_SERVER_DIRS
 
 from hive_bridge import Bridge
+from hive_bridge.readiness import ping
 
 pytestmark = [pytest.mark.bridge]
 
@@ -332,6 +333,9 @@ def test_200_connections_at_once(bridge: Bridge, intact: Intact) -> None:
     async def run() -> tuple[int, list[BaseException], list[int]]:
         conns, errors = await storm()
         try:
+            # every slot taken: the supervisor's health ping must see a live server, not restart it
+            # (that would drop all of these connections)
+            await asyncio.to_thread(ping, bridge.asyncpg_dsn, 5.0)
             answers = await asyncio.gather(
                 *(c.fetchval("SELECT $1::int", i) for i, c in enumerate(conns))
             )
