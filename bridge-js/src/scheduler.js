@@ -69,6 +69,7 @@ export class Scheduler {
     this.unnamedGen = 0;
     this.listeners = new Map(); // channel -> Set<Session>
     this.startupReports = new Map(); // startup settings (JSON) -> reported parameters
+    this.draining = false; // shutting down: no new turns or batches
     this.backend.on('died', () => {
       if (!this.running) this.recover('the PGlite worker died while idle');
     });
@@ -110,7 +111,7 @@ export class Scheduler {
   }
 
   pump() {
-    while (!this.holder && !this.restarting && this.backend.ready && this.queue.length) {
+    while (!this.holder && !this.restarting && !this.draining && this.backend.ready && this.queue.length) {
       const s = this.queue.shift();
       if (s.isJob) {
         this.holder = s;
@@ -240,6 +241,7 @@ export class Scheduler {
 
   /** Run the next piece of the holder's input. Returns false when there is nothing to run. */
   async step(s) {
+    if (this.draining) return false; // shutting down: run nothing new
     if (s.copy) return this.stepCopy(s);
     if (!s.inbox.length) return false;
     const first = s.inbox[0];
@@ -803,6 +805,11 @@ export class Scheduler {
     if (err instanceof P.ProtocolError) {
       this.log.info(`client ${s.id}: protocol violation: ${err.message}`);
       s.fatal(err.code, err.message);
+      return;
+    }
+    if (this.draining) {
+      // shutdown stopped the engine under this request: it was not committed
+      s.fatal('57P01', 'terminating connection due to administrator command');
       return;
     }
     if (!(err instanceof BackendError)) {
