@@ -51,8 +51,8 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check hive_bridge tests
-	$(BIN)/ruff format --check hive_bridge tests
+	$(BIN)/ruff check hive_bridge tests scripts
+	$(BIN)/ruff format --check hive_bridge tests scripts
 	$(BIN)/mypy --strict hive_bridge
 
 clean:
