@@ -58,6 +58,9 @@ LABELS = {
 }
 ALL_TARGETS = [HB, STOCK, PYP, PG]
 
+# pgbench client counts, side by side for every server (issue: 1, 4 and 8; the target compares 8 to 1)
+PGBENCH_CLIENTS = (1, 4, 8)
+
 
 # ================================================================================ small helpers
 
@@ -1409,7 +1412,7 @@ class Config:
     insert_rows: int
     copy_rows: int
     pgbench_s: int
-    pgbench_clients: list[int] = field(default_factory=lambda: [1, 8])
+    pgbench_clients: list[int] = field(default_factory=lambda: list(PGBENCH_CLIENTS))
     pgbench_modes: tuple[str, ...] = ("simple", "prepared")
 
 
@@ -2050,7 +2053,7 @@ METRICS = [
             "tps",
         )
         for s in ("select-only", "tpcb-like")
-        for c in (1, 8)
+        for c in PGBENCH_CLIENTS
         for m in ("simple", "prepared")
     ],
     Metric("rss_cold", "server RSS after cold start", ("rss_after_cold_start_mb_median",), "mb"),
@@ -2424,7 +2427,7 @@ def render_chart(res: dict[str, Any], path: Path) -> str | None:
             + [
                 f"pgb_{s}_{c}_{m}"
                 for s in ("select-only", "tpcb-like")
-                for c in (1, 8)
+                for c in PGBENCH_CLIENTS
                 for m in ("simple", "prepared")
             ],
         ),
@@ -2441,7 +2444,7 @@ def render_chart(res: dict[str, Any], path: Path) -> str | None:
     keys = [
         f"{s}/c{c}/{m}"
         for s in ("select-only", "tpcb-like")
-        for c in (1, 8)
+        for c in PGBENCH_CLIENTS
         for m in ("simple", "prepared")
     ]
     names = [n for n in ALL_TARGETS if n in T and T[n].get("available")]
