@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from helpers import wait_until  # one polling helper for the whole suite (tests/helpers.py)
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,20 +36,6 @@ SERVER_BUG_MARKERS = ("internal error", "uncaught exception", "unhandled rejecti
 
 
 # ---- waiting ---------------------------------------------------------------------------------------
-
-
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
-) -> T:
-    """Poll ``predicate`` until it returns something truthy and return that; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 async def async_wait_until(
