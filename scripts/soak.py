@@ -50,6 +50,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from workers import spawn_worker  # noqa: E402
+
 from hive_bridge import Bridge  # noqa: E402
 
 SCHEMA = """
@@ -553,16 +555,7 @@ def main() -> int:
                 "drain": drain,
                 "seed": seed + i,
             }
-            proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--worker"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                cwd=REPO,
-            )
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(cfg) + "\n")
-            proc.stdin.flush()
+            proc = spawn_worker(__file__, "--worker", cfg)
             procs.append(proc)
             reader = threading.Thread(target=read, args=(i, proc), daemon=True)
             reader.start()

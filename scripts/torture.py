@@ -66,6 +66,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from workers import spawn_worker  # noqa: E402
+
 from hive_bridge import Bridge, BridgeStartError, SupervisorOptions  # noqa: E402
 
 ACCOUNTS = 10
@@ -356,16 +358,7 @@ class Writers:
                 "seed": seed * 1000 + writer,
                 "txn_share": txn_share,
             }
-            proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--writer"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                cwd=REPO,
-            )
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(cfg) + "\n")
-            proc.stdin.flush()
+            proc = spawn_worker(__file__, "--writer", cfg)
             reader = threading.Thread(target=self._read, args=(i, proc), daemon=True)
             reader.start()
             self.procs.append(proc)
