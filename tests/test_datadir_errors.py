@@ -117,7 +117,10 @@ def run_unprivileged(*args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         argv, capture_output=True, text=True, timeout=60, env=env, cwd="/", check=False
     )
-    if "ModuleNotFoundError" in result.stderr or "Permission denied: '/" in result.stderr:
+    # the checkout may sit where that user cannot read it (e.g. under a root-only 0700 temp dir):
+    # ``python -m`` then says "No module named hive_bridge"
+    cannot = ("ModuleNotFoundError", "No module named hive_bridge", "Permission denied: '/")
+    if any(sign in result.stderr for sign in cannot):
         pytest.skip(f"the unprivileged user cannot run this Python: {result.stderr[-300:]}")
     return result
 
