@@ -1,4 +1,5 @@
-"""``hive-bridge`` / ``python -m hive_bridge``: start, stop, status, url, backup, restore, doctor.
+"""``hive-bridge`` / ``python -m hive_bridge``: start, stop, status, url, backup, restore, dump,
+migrate, doctor.
 
 Exit status: 0 ok; 1 an expected failure (one clear message on stderr, never a traceback);
 3 not running (``status``, ``url``, ``backup``), as LSB init scripts do; 2 bad usage (argparse).
@@ -29,18 +30,22 @@ from .config import BridgeSettings, check_exposure, load_bridge_settings, load_s
 from .daemon import run_daemon
 from .doctor import run_doctor
 from .dsn import async_sqlalchemy_url, libpq_dsn, sqlalchemy_url, unix_dsn
+from .dump import dump_pglite, write_new_file
 from .errors import (
     BridgeNotRunningError,
     BridgeStartError,
     ConfigError,
     HiveBridgeError,
+    MigrateError,
     StopRefusedError,
+    VerifyFailedError,
 )
 from .launch import DaemonSpec, launch_daemon
 from .leases import live_users
-from .locate import check_js_dir, default_js_dir
+from .locate import check_js_dir, default_js_dir, locate
 from .lock import is_locked, read_lock_owner
 from .logs import configure_logging
+from .migrate import env_lines, migrate_from, migrate_to, restore_dump, update_env
 from .paths import RunPaths, read_password, run_paths_for
 from .statefile import BridgeState, process_matches, read_live_state, remove_state
 from .status import status_report
@@ -484,6 +489,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             fix="pass --data-dir NEW (a path that does not exist yet)",
         )
     target = _target(args)
+    if _is_sql_dump(Path(args.backup)):
+        return _restore_dump(target, Path(args.backup))
     paths = target.paths(create=True)
     settings = target.settings
     installed = check_js_dir(
@@ -496,6 +503,137 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"hive-bridge start --data-dir {shlex.quote(str(result.data_dir))}"
     )
     _out(str(result.data_dir))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- dump, migrate (outgrowing)
+
+
+def _progress(line: str) -> None:
+    _err(line)
+
+
+def _is_sql_dump(path: Path) -> bool:
+    """A plain SQL dump (else a .tar.gz backup); pg_dump's custom format is refused with the fix."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False  # restore() reports the missing file
+    if head.startswith(b"PGDMP"):
+        raise MigrateError(
+            action="restore",
+            where=str(path),
+            problem="it is a pg_dump custom-format archive; restore reads plain SQL dumps",
+            fix=f"convert it with a pg_restore at least as new as the pg_dump that wrote it: "
+            f"pg_restore -f dump.sql {shlex.quote(str(path))}, then restore dump.sql",
+        )
+    return not head.startswith(b"\x1f\x8b") and (
+        b"PostgreSQL database dump" in head
+        or head.lstrip().startswith((b"--", b"SET ", b"CREATE "))
+    )
+
+
+def _restore_dump(target: _Target, dump: Path) -> int:
+    assert target.data_dir is not None
+    report = restore_dump(dump.absolute(), target.data_dir, target.settings, progress=_progress)
+    _out("\n".join(report.lines()))
+    if not report.ok:
+        raise VerifyFailedError(
+            where=str(target.data_dir), differences=report.comparison.differences
+        )
+    _err(
+        f"hive-bridge: restored {dump} into {target.data_dir}; start it with: "
+        f"hive-bridge start --data-dir {target.quoted}"
+    )
+    return EXIT_OK
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    target = _target(args)
+    paths = target.paths(create=True)
+    settings = target.settings
+    install = locate(node=settings.node, js_dir=settings.js_dir)
+    if args.path != "-" and os.path.lexists(args.path):
+        write_new_file(Path(args.path), "")  # raises: never overwrite, before the work
+    result = dump_pglite(paths, install, timeout=args.timeout)
+    how = (
+        f"snapshot of the running server, clients held {result.clients_held_ms:.0f} ms"
+        if result.online
+        else "stopped, under its lock"
+    )
+    summary = (
+        f"hive-bridge: dump of {target.data_dir}: {len(result.fingerprint.tables)} tables, "
+        f"{result.fingerprint.rows} rows, {len(result.sql.encode())} bytes in "
+        f"{result.ms / 1000:.1f} s ({how}; pg_dump {result.pg_dump_version})"
+    )
+    if args.path == "-":
+        sys.stdout.write(result.sql)
+        sys.stdout.flush()
+        _err(summary)
+    else:
+        written = write_new_file(Path(args.path), result.sql)
+        _err(f"{summary}; written to {written}")
+        _out(str(written))
+    return EXIT_OK
+
+
+def _print_env(lines: list[str], args: argparse.Namespace) -> None:
+    if args.update_env:
+        env_file = Path(args.env_file).absolute()
+        backup = update_env(env_file, lines)
+        kept = f" (the old one kept as {backup})" if backup else ""
+        _err(f"hive-bridge: wrote these lines to {env_file}{kept}:")
+    else:
+        _err("hive-bridge: to switch, put these lines in .env (or pass --update-env):")
+    _out("\n".join(lines))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    target = _target(args)
+    settings = target.settings
+    if args.to:
+        paths = target.paths(create=True)
+        install = locate(node=settings.node, js_dir=settings.js_dir)
+        report = migrate_to(paths, install, args.to, progress=_progress, timeout=args.timeout)
+        env = env_lines("postgresql", args.to)
+    else:
+        if not args.data_dir:
+            raise ConfigError(
+                setting="--data-dir",
+                value=None,
+                problem="migrate --from needs the new PGlite data dir to create",
+                example="hive-bridge migrate --from postgresql://u:pw@host/db --data-dir ./data/x.db",
+                fix="pass --data-dir NEW (a path that does not exist yet)",
+            )
+        assert target.data_dir is not None
+        report = migrate_from(
+            args.from_, target.data_dir, settings, progress=_progress, timeout=args.timeout
+        )
+        env = env_lines("pglite", f"pglite://{target.data_dir}")
+    _out("\n".join(report.lines()))
+    if not report.ok:
+        raise VerifyFailedError(where=report.target, differences=report.comparison.differences)
+    _print_env(env, args)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------ clients, terminate
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    target = _target(args)
+    paths = target.paths()
+    clients = list_clients(paths, _running_state(target, paths))
+    _out(json.dumps(clients, indent=2, sort_keys=True) if args.json else format_clients(clients))
+    return EXIT_OK
+
+
+def cmd_terminate(args: argparse.Namespace) -> int:
+    target = _target(args)
+    paths = target.paths()
+    terminate_client(paths, _running_state(target, paths), args.pid)
+    _out(f"hive-bridge: terminated client {args.pid} (FATAL 57P01; its transaction rolled back)")
     return EXIT_OK
 
 
@@ -568,7 +706,41 @@ def build_parser() -> argparse.ArgumentParser:
     restore_cmd = add(
         "restore", "restore a backup into a new data dir (never overwrites)", cmd_restore
     )
-    restore_cmd.add_argument("backup", help="a file written by hive-bridge backup")
+    restore_cmd.add_argument(
+        "backup",
+        help="a file written by hive-bridge backup, or a plain SQL dump (hive-bridge dump)",
+    )
+    dump = add("dump", "write a logical dump (plain SQL) of the database, running or not", cmd_dump)
+    dump.add_argument(
+        "path", nargs="?", default="-", help="file to create (never overwritten); - for stdout"
+    )
+    dump.add_argument("--timeout", type=float, default=3600.0, help="seconds for pg_dump")
+    migrate = add(
+        "migrate",
+        "move the database to PostgreSQL (--to) or from it (--from), verified",
+        cmd_migrate,
+    )
+    direction = migrate.add_mutually_exclusive_group(required=True)
+    direction.add_argument(
+        "--to", metavar="URL", help="an empty PostgreSQL 15+ database to copy into"
+    )
+    direction.add_argument(
+        "--from",
+        dest="from_",
+        metavar="URL",
+        help="a PostgreSQL database to copy into a new --data-dir",
+    )
+    migrate.add_argument(
+        "--update-env", action="store_true", help="write the two lines into .env (old one kept)"
+    )
+    migrate.add_argument("--env-file", default=".env", help="the .env file for --update-env")
+    migrate.add_argument("--timeout", type=float, default=3600.0, help="seconds for pg_dump")
+    clients = add("clients", "list connected clients by pid (exit 3 if not running)", cmd_clients)
+    clients.add_argument("--json", action="store_true", help="machine-readable output")
+    terminate = add(
+        "terminate", "end one client as pg_terminate_backend() would (57P01)", cmd_terminate
+    )
+    terminate.add_argument("pid", type=int, help="the client's pid, from hive-bridge clients")
     doctor = add("doctor", "check the environment; exit 1 if anything fails", cmd_doctor)
     doctor.add_argument("--port", type=int, default=None, help="check this port is free")
     return parser

@@ -22,9 +22,12 @@ __all__ = [
     "DataDirError",
     "DataDirLockedError",
     "HiveBridgeError",
+    "MigrateError",
     "PortInUseError",
     "RestoreVersionError",
     "StopRefusedError",
+    "TargetNotEmptyError",
+    "VerifyFailedError",
     "error_from_dict",
     "error_to_dict",
 ]
@@ -499,3 +502,65 @@ def error_from_dict(data: object) -> HiveBridgeError | None:
         return cls(**fields)
     except (TypeError, NotImplementedError):  # fields of another version, or the abstract base
         return None
+
+
+# ------------------------------------------------------------- dump, migrate (the outgrow path)
+
+
+class MigrateError(HiveBridgeError):
+    """A dump, migration or load of a dump failed.
+
+    ``action`` is ``dump``, ``migrate`` or ``restore``; ``where`` the database, URL (password hidden)
+    or file concerned; ``problem`` what happened, including what was (not) written.
+    """
+
+    def __init__(self, *, action: str, where: str, problem: str, fix: str) -> None:
+        self.action = action
+        self.where = where
+        self.problem = problem
+        self.fix = fix
+        super().__init__(action=action, where=where, problem=problem, fix=fix)
+
+    def _message(self) -> str:
+        return (
+            f"hive-bridge: {self.action} failed for {self.where}: {self.problem}. Fix: {self.fix}"
+        )
+
+
+class TargetNotEmptyError(MigrateError):
+    """``migrate`` refuses a target database that already holds objects; it wrote nothing."""
+
+    def __init__(self, *, where: str, objects: list[str]) -> None:
+        self.objects = list(objects)
+        shown = ", ".join(self.objects[:10]) + (" …" if len(self.objects) > 10 else "")
+        super().__init__(
+            action="migrate",
+            where=where,
+            problem=(
+                f"the target database is not empty ({len(self.objects)} object(s): {shown}); "
+                "nothing was written to it"
+            ),
+            fix=(
+                "migrate into a new, empty database (createdb NEW, or CREATE DATABASE new_db), "
+                "or drop those objects first if they are leftovers"
+            ),
+        )
+        self._fields = {"where": where, "objects": self.objects}
+
+
+class VerifyFailedError(MigrateError):
+    """The copy was made, but source and target differ (the report lists every difference)."""
+
+    def __init__(self, *, where: str, differences: list[str]) -> None:
+        self.differences = list(differences)
+        shown = "; ".join(self.differences[:5]) + (" …" if len(self.differences) > 5 else "")
+        super().__init__(
+            action="migrate",
+            where=where,
+            problem=f"the copy differs from the source in {len(self.differences)} place(s): {shown}",
+            fix=(
+                "do not switch to it: see the report above; if the source was written to during "
+                "the move, stop the application and migrate again into a new empty database"
+            ),
+        )
+        self._fields = {"where": where, "differences": self.differences}

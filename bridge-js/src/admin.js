@@ -1,5 +1,6 @@
 // Loopback-only HTTP admin endpoint: /health, /stats (JSON), /metrics (Prometheus text). No secrets.
 import http from 'node:http';
+import { snapshotRoute } from './snapshot.js';
 
 export function snapshot(server) {
   const mem = process.memoryUsage();
@@ -87,6 +88,10 @@ export function startAdmin(server, port) {
     const url = (req.url || '/').split('?')[0];
     if (req.method === 'POST' && url === '/backup') {
       backup(server, req, res);
+      return;
+    }
+    if (req.method === 'POST' && url === '/snapshot') {
+      snapshotRoute(server, req, res); // a copy for a logical dump (hive-bridge dump/migrate)
       return;
     }
     const s = snapshot(server);

@@ -45,6 +45,13 @@ export class Session {
     this.statementOnly = false; // the unfinished batch holds only Parse/Describe/Close of statements
     this.copy = null; // COPY FROM STDIN being buffered: { parts, bytes }
     this.listening = new Set();
+    this.parked = null; // { readOnly, deferrable, since }: its transaction was parked (see parking.js)
+    this.parkRefused = null; // why its idle transaction could not be parked (until it runs something)
+    this.txTaint = null; // something in the open transaction that a ROLLBACK would undo (see parking.js)
+    this.startupUnverified = false; // answered before its startup settings reached the backend
+    this.lastStatement = '';
+    this.lastStatementAt = 0;
+    this.idleWarned = false;
     this.closed = false;
     this.cleanedUp = false;
     this.queuedSince = 0;
@@ -65,6 +72,47 @@ export class Session {
 
   get applicationName() {
     return this.settings.get('application_name') ?? this.startupSettings.get('application_name') ?? '';
+  }
+
+  /** The statement it ran last (for operators: who holds the database, doing what). */
+  noteStatement(text) {
+    this.lastStatement = text;
+    this.lastStatementAt = Date.now();
+    // set_config() and pg_notify() inside an open transaction: a ROLLBACK would undo them
+    if (text.length < 65536 && /set_config|pg_notify/i.test(text)) this.txTaint ??= 'it called set_config() or pg_notify()';
+  }
+
+  lastStatementText(max) {
+    const t = this.lastStatement.replace(/\s+/g, ' ').trim();
+    if (!t) return '(none)';
+    return JSON.stringify(t.length > max ? `${t.slice(0, max)}...` : t);
+  }
+
+  /** One line of `hive-bridge clients` / the admin endpoint. */
+  info(now = Date.now()) {
+    const sched = this.scheduler;
+    let state = 'idle';
+    if (this.phase !== 'ready') state = 'starting';
+    else if (sched.holder === this) state = sched.running ? 'active' : this.txStatus === 'I' ? 'holding' : 'idle in transaction';
+    else if (this.queued) state = 'waiting';
+    else if (this.parked) state = 'idle in transaction (parked)';
+    else if (this.txStatus !== 'I') state = 'idle in transaction';
+    const addr = this.unix ? 'unix' : `${this.socket.remoteAddress}:${this.socket.remotePort}`;
+    return {
+      pid: this.pid,
+      application_name: this.applicationName,
+      user: this.params.user ?? null,
+      address: addr,
+      state,
+      tx_status: this.txStatus,
+      holding: sched.holder === this,
+      parked: !!this.parked,
+      waiting: !!this.queued,
+      connected_ms: now - this.connectedAt,
+      since_ms: sched.holder === this ? now - this.heldSince : this.queued ? now - this.queuedSince : this.parked ? now - this.parked.since : null,
+      last_statement: this.lastStatement.length > 1000 ? `${this.lastStatement.slice(0, 1000)}...` : this.lastStatement,
+      last_statement_ms: this.lastStatementAt ? now - this.lastStatementAt : null,
+    };
   }
 
   describe() {
@@ -137,7 +185,7 @@ export class Session {
       // A client that is not running may not pile up unbounded input while it waits for its turn.
       if (this.scheduler.holder !== this && this.inboxBytes > this.server.opts.maxQueuedBytes) this.socket.pause();
       this.wake();
-      if (!this.scheduler.answerBarePrepare(this)) this.scheduler.want(this);
+      if (this.scheduler.holder !== this) this.scheduler.input(this);
     }
   }
 
@@ -266,7 +314,11 @@ export class Session {
     }
   }
 
-  /** Authenticated: apply the startup settings (through the scheduler unless known), then say hello. */
+  /**
+   * Authenticated: say hello without waiting for the backend. Startup settings whose reported values are
+   * known (or none) are answered at once; new ones are applied on the backend first if it is free, and
+   * otherwise answered from the baseline now and applied on the client's first turn (settings.js).
+   */
   beginSession() {
     this.phase = 'starting';
     this.reader.setLimits(P.clientMessageLimit);
@@ -274,6 +326,11 @@ export class Session {
     const known = this.scheduler.startupReport(this.startupSettings);
     if (known) {
       this.completeStartup(known);
+      return;
+    }
+    if (!this.scheduler.idle()) {
+      this.startupUnverified = true;
+      this.completeStartup(this.scheduler.replay.guessReport(this.startupSettings));
       return;
     }
     this.startupPending = true;
