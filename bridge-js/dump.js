@@ -1,0 +1,92 @@
+#!/usr/bin/env node
+// hive-bridge dump helper: a logical dump of a data dir that no server has open, by PGlite's own pg_dump
+// (WASM, @electric-sql/pglite-tools) in a PGlite instance of its own, never the serving one.
+//
+// The caller (hive_bridge/dump.py) points it at a snapshot copy the running server made (POST /snapshot)
+// or at a stopped data dir whose lock it holds. After pg_dump, the caller's fingerprint queries (plain
+// SELECTs, --queries FILE: {"name": "SQL", ...}) run on the same instance, so the dump and the fingerprint
+// describe one point in time.
+//
+//   node dump.js --data-dir DIR --out FILE [--extensions vector] [--queries FILE] [--pg-dump-arg ARG]...
+//
+// stdout: one JSON line, {"event":"dumped","bytes":N,"ms":N,"pg_dump_version":"…","fingerprint":{name: rows}}
+// or {"event":"error","code":"…","message":"…"} (exit 1). Rows are arrays of text (or null).
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { packageVersion } from './src/versions.js';
+
+function emit(obj) {
+  process.stdout.write(`${JSON.stringify(obj)}\n`);
+}
+
+function fail(code, message) {
+  emit({ event: 'error', code, message });
+  process.exit(1);
+}
+
+async function loadExtensions(names) {
+  const extensions = {};
+  for (const name of names) {
+    if (name === 'vector' || name === 'pgvector') extensions.vector = (await import('@electric-sql/pglite-pgvector')).vector;
+    else fail('bad_args', `unknown extension "${name}" (this bridge bundles: vector)`);
+  }
+  return extensions;
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      'data-dir': { type: 'string' },
+      out: { type: 'string' },
+      extensions: { type: 'string', default: 'vector' },
+      queries: { type: 'string' },
+      'pg-dump-arg': { type: 'string', multiple: true, default: [] },
+    },
+    strict: true,
+  });
+  if (!values['data-dir'] || !values.out) fail('bad_args', '--data-dir DIR and --out FILE are required');
+  const dataDir = path.resolve(values['data-dir']);
+  if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) fail('not_a_data_dir', `${dataDir} is not a data dir (no PG_VERSION)`);
+  const queries = values.queries ? JSON.parse(fs.readFileSync(values.queries, 'utf8')) : {};
+  const t0 = Date.now();
+  const { PGlite } = await import('@electric-sql/pglite');
+  const { pgDump } = await import('@electric-sql/pglite-tools/pg_dump');
+  const names = values.extensions.split(',').map((e) => e.trim()).filter(Boolean);
+  let db;
+  try {
+    db = await PGlite.create({ dataDir, extensions: await loadExtensions(names) });
+  } catch (err) {
+    fail('open_failed', `PGlite could not open ${dataDir}: ${String(err && err.message).split('\n')[0]}`);
+  }
+  let file;
+  try {
+    file = await pgDump({ pg: db, args: values['pg-dump-arg'] });
+  } catch (err) {
+    fail('pg_dump_failed', `pg_dump failed: ${String(err && err.message).trim()}`);
+  }
+  const text = await file.text();
+  fs.writeFileSync(values.out, text, { flag: 'wx', mode: 0o600 });
+  const fingerprint = {};
+  for (const [name, sql] of Object.entries(queries)) {
+    try {
+      fingerprint[name] = (await db.query(sql, [], { rowMode: 'array' })).rows;
+    } catch (err) {
+      fail('query_failed', `fingerprint query "${name}" failed: ${err.message}`);
+    }
+  }
+  await db.close();
+  const version = /^-- Dumped by pg_dump version (.+)$/m.exec(text);
+  emit({
+    event: 'dumped',
+    bytes: Buffer.byteLength(text),
+    ms: Date.now() - t0,
+    pg_dump_version: version ? version[1] : null,
+    pglite_version: packageVersion('@electric-sql/pglite'),
+    pglite_tools_version: packageVersion('@electric-sql/pglite-tools'),
+    fingerprint,
+  });
+}
+
+process.on('uncaughtException', (err) => fail('crashed', String((err && err.stack) || err)));
+main().catch((err) => fail('crashed', String((err && err.stack) || err)));

@@ -1,0 +1,73 @@
+// POST /snapshot: a consistent copy of the live data dir, for a logical dump taken outside the server.
+//
+// Between client turns (no transaction open, nothing writing) a CHECKPOINT runs and the directory is
+// copied with cp -a; clients are held only for that. The copy is then opened by a separate PGlite instance
+// (dump.js) and dumped at leisure, so the serving instance never runs pg_dump.
+import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { execFile } from 'node:child_process';
+import { query, parseMessages } from './protocol.js';
+
+/** Copy the data dir to `target` (absolute, not existing, its parent existing, outside the data dir). */
+export async function snapshot(server, target) {
+  const dir = server.opts.dataDir;
+  if (!dir) throw new Error('an in-memory database has no data dir to snapshot');
+  if (!path.isAbsolute(target)) throw new Error(`the snapshot path must be absolute, got ${target}`);
+  const dest = path.resolve(target);
+  if (!fs.existsSync(path.dirname(dest))) throw new Error(`directory ${path.dirname(dest)} does not exist`);
+  if (dest === dir || dest.startsWith(`${dir}${path.sep}`)) throw new Error('the snapshot cannot be inside the data dir');
+  if (fs.existsSync(dest)) throw new Error(`${dest} already exists (a snapshot never overwrites anything)`);
+  const t0 = Date.now();
+  try {
+    await server.scheduler.exclusive('snapshot', async (job) => {
+      const out = parseMessages(await server.scheduler.exec(job, query('CHECKPOINT')));
+      const err = out.find((m) => m.type === 0x45);
+      if (err) throw new Error(`CHECKPOINT failed before the snapshot: ${err.fields.M}`);
+      await promisify(execFile)('cp', ['-a', dir, dest]);
+    });
+  } catch (err) {
+    fs.rmSync(dest, { recursive: true, force: true });
+    throw err;
+  }
+  fs.rmSync(path.join(dest, 'postmaster.pid'), { force: true });
+  const held = Date.now() - t0;
+  server.log.info(`snapshot of ${dir} copied to ${dest} for a dump (clients held ${held} ms)`);
+  return { path: dest, clients_held_ms: held, pglite_version: server.info.pglite_version, extensions: server.opts.extensions };
+}
+
+/** The admin route: JSON {"path": "/abs/dir"}; needs "Authorization: Bearer <password>" when one is set. */
+export function snapshotRoute(server, req, res) {
+  const reply = (status, body) => {
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body));
+  };
+  const token = server.adminToken;
+  if (token && req.headers.authorization !== `Bearer ${token}`) {
+    reply(401, { error: 'the snapshot endpoint needs the server password as a bearer token' });
+    return;
+  }
+  let body = '';
+  req.setEncoding('utf8');
+  req.on('data', (chunk) => {
+    body += chunk;
+    if (body.length > 65536) req.destroy();
+  });
+  req.on('end', async () => {
+    let target;
+    try {
+      target = JSON.parse(body).path;
+    } catch {
+      // handled below
+    }
+    if (typeof target !== 'string' || !target) {
+      reply(400, { error: 'send JSON {"path": "/where/snapshot-dir"}' });
+      return;
+    }
+    try {
+      reply(200, await snapshot(server, target));
+    } catch (err) {
+      reply(409, { error: err.message });
+    }
+  });
+}
