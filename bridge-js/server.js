@@ -12,6 +12,7 @@ import { Scheduler } from './src/scheduler.js';
 import { Session } from './src/session.js';
 import { ScramVerifier } from './src/scram.js';
 import { startAdmin } from './src/admin.js';
+import { Maintenance } from './src/maintenance.js';
 import { createLogger, LOG_LEVELS } from './src/log.js';
 import * as DataDir from './src/datadir.js';
 import { packageVersion } from './src/versions.js';
@@ -36,6 +37,14 @@ function intArg(values, name, dflt, min = -1) {
   if (raw === undefined) return dflt;
   const n = Number(raw);
   if (!Number.isInteger(n) || n < min) throw new StartError('bad_args', `--${name} must be an integer >= ${min}, got "${raw}"`);
+  return n;
+}
+
+function numArg(values, name, dflt) {
+  const raw = values[name];
+  if (raw === undefined) return dflt;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < 0) throw new StartError('bad_args', `--${name} must be a number >= 0, got "${raw}"`);
   return n;
 }
 
@@ -72,6 +81,9 @@ function parseOptions(argv) {
       'prepare-template': { type: 'boolean', default: false },
       'fast-wasm': { type: 'boolean', default: false },
       'checkpoint-interval-ms': { type: 'string' },
+      'vacuum-interval-ms': { type: 'string' },
+      'vacuum-threshold': { type: 'string' },
+      'vacuum-scale-factor': { type: 'string' },
     },
     strict: true,
   });
@@ -107,6 +119,9 @@ function parseOptions(argv) {
     prepareTemplate: values['prepare-template'],
     fastWasm: values['fast-wasm'],
     checkpointIntervalMs: intArg(values, 'checkpoint-interval-ms', 30000, 0),
+    vacuumIntervalMs: intArg(values, 'vacuum-interval-ms', 10000, 0),
+    vacuumThreshold: intArg(values, 'vacuum-threshold', 50, 0),
+    vacuumScaleFactor: numArg(values, 'vacuum-scale-factor', 0.2),
   };
   if (opts.port > 65535) throw new StartError('bad_args', `--port ${opts.port} is out of range`);
   for (const o of opts.pgOptions) if (!/^[a-z_.]+=.+$/i.test(o)) throw new StartError('bad_args', `--pg-option must look like name=value, got "${o}"`);
@@ -190,7 +205,7 @@ class Server {
     }
     if (opts.dataDir && !this.stamp) DataDir.writeStamp(opts.dataDir, this.info, opts.extensions);
     this.scheduler = new Scheduler(this);
-    this.startCheckpoints();
+    this.startMaintenance();
     this.admin = opts.adminPort >= 0 ? await startAdmin(this, opts.adminPort) : null;
     this.state = 'ready';
     for (const socket of this.pendingSockets.splice(0)) this.attach(socket);
@@ -242,28 +257,11 @@ class Server {
     this.socketPath = file;
   }
 
-  /**
-   * PGlite runs PostgreSQL in single-user mode: there is no checkpointer, so without this the WAL would
-   * grow without bound and every crash recovery would replay all of it (measured: 400 MB of WAL, 4.7 s
-   * to restart). Every interval in which anything ran, a CHECKPOINT runs between client turns.
-   */
-  startCheckpoints() {
-    const ms = this.opts.checkpointIntervalMs;
-    if (!ms || !this.opts.dataDir) return;
-    let seen = this.stats.messages;
-    this.checkpointTimer = setInterval(() => {
-      if (this.stats.messages === seen || this.state !== 'ready' || this.checkpointing) return;
-      seen = this.stats.messages;
-      this.checkpointing = true;
-      this.scheduler
-        .exclusive('checkpoint', (job) => this.scheduler.exec(job, query('CHECKPOINT')))
-        .then(() => this.log.debug('checkpoint done'))
-        .catch((err) => this.log.warn(`checkpoint failed: ${err.message}`))
-        .finally(() => {
-          this.checkpointing = false;
-        });
-    }, ms);
-    this.checkpointTimer.unref();
+  /** CHECKPOINT and autovacuum between client turns: see src/maintenance.js. */
+  startMaintenance() {
+    const { checkpointIntervalMs, vacuumIntervalMs, vacuumThreshold, vacuumScaleFactor } = this.opts;
+    this.maintenance = new Maintenance(this, { checkpointIntervalMs, vacuumIntervalMs, vacuumThreshold, vacuumScaleFactor });
+    this.maintenance.start();
   }
 
   /**
@@ -383,7 +381,7 @@ class Server {
       }
     }
     for (const socket of this.pendingSockets.splice(0)) socket.destroy();
-    clearInterval(this.checkpointTimer);
+    if (this.maintenance) this.maintenance.stop();
     if (wasReady && this.scheduler) {
       // A statement already running finishes and its client gets the answer; only then are clients told
       // 57P01. One that overruns the deadline is aborted with the engine, so it really did not commit:

@@ -2,6 +2,52 @@
 import http from 'node:http';
 import { snapshotRoute } from './snapshot.js';
 
+/** Truncated for display: a statement can be megabytes long. */
+function shortSql(sql) {
+  if (typeof sql !== 'string') return null;
+  const flat = sql.replace(/\s+/g, ' ').trim();
+  return flat.length > 200 ? `${flat.slice(0, 200)}…` : flat;
+}
+
+function describeHolder(h) {
+  if (!h) return null;
+  if (h.isJob) return null;
+  return {
+    pid: h.pid ?? null,
+    application_name: typeof h.applicationName === 'string' ? h.applicationName : null,
+    state: h.txStatus === 'I' ? 'active' : h.txStatus === 'T' ? 'idle in transaction' : h.txStatus === 'E' ? 'idle in transaction (aborted)' : null,
+    last_statement: shortSql(h.lastStatement ?? null),
+  };
+}
+
+/**
+ * What the backend is doing, answered by the main thread without a backend turn: the scheduler's own
+ * activity() when it has one, else what can be read off its fields. backend: idle | running (a
+ * statement is inside PGlite) | holding (a client owns the backend between statements, e.g. in a
+ * transaction) | restarting (the engine reopens after a cancel, timeout or failure).
+ */
+export function activity(server) {
+  const sched = server.scheduler;
+  if (!sched) return { backend: server.state === 'ready' ? 'idle' : 'starting', running_ms: null, held_ms: null, holder: null, job: null, waiting: 0, parked: 0 };
+  if (typeof sched.activity === 'function') return sched.activity();
+  const now = Date.now();
+  const h = sched.holder;
+  const held = h && h.heldSince ? now - h.heldSince : null;
+  let backend = 'idle';
+  if (sched.restarting) backend = 'restarting';
+  else if (sched.running) backend = 'running';
+  else if (h) backend = 'holding';
+  return {
+    backend,
+    running_ms: sched.running ? held : null, // the scheduler does not time statements: the turn's age
+    held_ms: held,
+    holder: describeHolder(h),
+    job: h && h.isJob ? h.name : null,
+    waiting: sched.queue.length,
+    parked: 0,
+  };
+}
+
 export function snapshot(server) {
   const mem = process.memoryUsage();
   const sched = server.scheduler;
@@ -25,6 +71,8 @@ export function snapshot(server) {
     pglite_version: server.info?.pglite_version ?? null,
     postgres_version: server.info?.postgres_version ?? null,
     data_dir: server.opts.dataDir ?? 'memory://',
+    activity: activity(server),
+    maintenance: server.maintenance ? server.maintenance.stats : null,
   };
 }
 
@@ -41,6 +89,11 @@ function metrics(s) {
   add('queued_messages', 'gauge', 'Protocol messages received and not yet run.', s.queued_messages);
   add('queries_total', 'counter', 'Statements completed by the backend.', s.queries_served);
   add('backend_restarts_total', 'counter', 'Times the PGlite backend was restarted (cancel, timeout, failure).', s.backend_restarts);
+  add('backend_busy_seconds', 'gauge', 'How long the backend has been running the current statement (0 when idle).', (s.activity.running_ms ?? 0) / 1000);
+  if (s.maintenance) {
+    add('vacuums_total', 'counter', 'Tables vacuumed by the built-in autovacuum.', s.maintenance.vacuums);
+    add('checkpoints_total', 'counter', 'Periodic checkpoints run.', s.maintenance.checkpoints);
+  }
   add('rss_bytes', 'gauge', 'Resident set size of the server process.', s.rss_bytes);
   add('heap_used_bytes', 'gauge', 'V8 heap in use.', s.heap_used_bytes);
   return `${lines.join('\n')}\n`;
@@ -94,14 +147,26 @@ export function startAdmin(server, port) {
       snapshotRoute(server, req, res); // a copy for a logical dump (hive-bridge dump/migrate)
       return;
     }
-    const s = snapshot(server);
     if (req.method !== 'GET') {
       res.writeHead(405).end();
-    } else if (url === '/health') {
-      const ok = s.state === 'ready';
+      return;
+    }
+    if (url === '/health') {
+      // Answered by the front end itself (the main thread), never queued behind clients: it says
+      // whether Node is alive, and what the backend is doing and for how long. A busy backend is
+      // healthy; only a front end that stops answering this is hung.
+      const ok = server.state === 'ready';
       res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ status: ok ? 'ok' : s.state, uptime_s: s.uptime_s, pid: s.pid }));
-    } else if (url === '/stats') {
+      res.end(JSON.stringify({
+        status: ok ? 'ok' : server.state,
+        uptime_s: Math.round((Date.now() - server.startedAt) / 100) / 10,
+        pid: process.pid,
+        ...activity(server),
+      }));
+      return;
+    }
+    const s = snapshot(server);
+    if (url === '/stats') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(s));
     } else if (url === '/metrics') {
