@@ -1,5 +1,5 @@
 """Client of the Node server's loopback admin endpoint (``/health``, ``/stats`` with short timeouts;
-``POST /backup`` with the password as a bearer token)."""
+``POST /backup``, ``GET /clients`` and ``POST /terminate`` with the password as a bearer token)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from typing import Any
 
 import httpx
 
-__all__ = ["get_health", "get_stats", "post_backup"]
+__all__ = [
+    "get_clients",
+    "get_health",
+    "get_health_report",
+    "get_stats",
+    "post_backup",
+    "post_terminate",
+]
 
 DEFAULT_TIMEOUT = 1.0
 
@@ -39,6 +46,15 @@ def get_health(
     return str(status) if status is not None else ("ok" if result[0] == 200 else "unknown")
 
 
+def get_health_report(
+    port: int, *, host: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT
+) -> dict[str, Any] | None:
+    """The whole ``/health`` JSON (``status`` and what the backend is doing: ``backend``,
+    ``running_ms``, ``holder`` …) whatever its HTTP status; ``None`` if Node did not answer."""
+    result = _get(host, port, "/health", timeout)
+    return None if result is None else result[1]
+
+
 def get_stats(
     port: int, *, host: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT
 ) -> dict[str, Any] | None:
@@ -68,3 +84,34 @@ def post_backup(
     except ValueError:
         data = {"error": response.text[:500]}
     return response.status_code, data if isinstance(data, dict) else {}
+
+
+def _authorized(
+    method: str, port: int, path: str, password: str | None, timeout: float, **kwargs: Any
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {password}"} if password else {}
+    with httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0), trust_env=False) as client:
+        response = client.request(
+            method, f"http://127.0.0.1:{port}{path}", headers=headers, **kwargs
+        )
+    try:
+        data = response.json()
+    except ValueError:
+        data = {"error": response.text[:500]}
+    return response.status_code, data if isinstance(data, dict) else {}
+
+
+def get_clients(
+    port: int, password: str | None, *, timeout: float = 5.0
+) -> tuple[int, dict[str, Any]]:
+    """``GET /clients``: ``(200, {"clients": [{pid, application_name, address, state, …}]})``, or 401
+    without the right password. Raises :class:`httpx.HTTPError` if the endpoint does not answer."""
+    return _authorized("GET", port, "/clients", password, timeout)
+
+
+def post_terminate(
+    port: int, pid: int, password: str | None, *, timeout: float = 5.0
+) -> tuple[int, dict[str, Any]]:
+    """``POST /terminate {"pid": N}``: 200 ``{"terminated": N}``, 404 no such client, 401 without the
+    right password. Raises :class:`httpx.HTTPError` if the endpoint does not answer."""
+    return _authorized("POST", port, "/terminate", password, timeout, json={"pid": pid})

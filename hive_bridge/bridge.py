@@ -114,7 +114,7 @@ class Bridge:
         self._unix_socket = env.unix_socket if unix_socket is None else unix_socket
         self._socket_setting = Path(socket_dir) if socket_dir is not None else env.socket_dir
         self._cache_dir = env.cache_dir
-        self.options = options or SupervisorOptions()
+        self.options = options or SupervisorOptions.from_settings(env)
         self.origin: Origin = origin
         self.shared = shared
         self._attach = attach

@@ -26,6 +26,7 @@ import psutil
 from . import __version__
 from .backup import backup_offline, backup_online, restore
 from .bridge import Bridge
+from .clients import format_clients, list_clients, terminate_client
 from .config import BridgeSettings, check_exposure, load_bridge_settings, load_settings
 from .daemon import run_daemon
 from .doctor import run_doctor
@@ -50,6 +51,7 @@ from .paths import RunPaths, read_password, run_paths_for
 from .statefile import BridgeState, process_matches, read_live_state, remove_state
 from .status import status_report
 from .supervisor import State, SupervisorOptions
+from .watchdog import describe_activity
 
 __all__ = ["main"]
 
@@ -131,9 +133,11 @@ def _dsn_of(state: BridgeState, paths: RunPaths, kind: str = "libpq") -> str:
     return build(state.host, state.port, password)
 
 
-def _options(args: argparse.Namespace) -> SupervisorOptions:
+def _options(args: argparse.Namespace, settings: BridgeSettings) -> SupervisorOptions:
+    """The supervisor's knobs: ``HIVE_BRIDGE_*`` (watchdog, autovacuum) and ``--timeout``."""
+    options = SupervisorOptions.from_settings(settings)
     timeout = getattr(args, "timeout", None)
-    return SupervisorOptions(start_timeout=timeout) if timeout else SupervisorOptions()
+    return replace(options, start_timeout=timeout) if timeout else options
 
 
 def _cmdline(pid: int) -> str:
@@ -205,7 +209,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         setting="--host" if args.host else "HIVE_BRIDGE_HOST",
     )
     paths = target.paths(create=True)
-    options = _options(args)
+    options = _options(args, settings)
     assert target.data_dir is not None
     spec = DaemonSpec(data_dir=target.data_dir, origin="cli", settings=settings, options=options)
     deadline = time.monotonic() + options.start_budget
@@ -254,7 +258,7 @@ def _run_foreground(target: _Target, args: argparse.Namespace, *, print_dsn: boo
         port=args.port,
         origin="cli",
         attach=False,
-        options=_options(args),
+        options=_options(args, target.settings),
         settings=target.settings,
     )
     signals: list[int] = []
@@ -298,7 +302,12 @@ def cmd_supervise(args: argparse.Namespace) -> int:
         if target.data_dir is None:
             target.paths()  # raises the "in-memory" ConfigError
         assert target.data_dir is not None
-        spec = DaemonSpec(data_dir=target.data_dir, origin=args.origin, settings=target.settings)
+        spec = DaemonSpec(
+            data_dir=target.data_dir,
+            origin=args.origin,
+            settings=target.settings,
+            options=SupervisorOptions.from_settings(target.settings),
+        )
     return run_daemon(spec, detach=args.detach, notify_fd=args.notify_fd)
 
 
@@ -402,7 +411,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         else "  unix socket: off",
         f"  users: {len(users)}" + (f" (pids {', '.join(map(str, users))})" if users else ""),
         f"  uptime {uptime:.0f}s" if uptime is not None else "  uptime -",
-        f"  restarts {state.restarts}, node RSS "
+        f"  restarts {state.restarts}{_last_exit(state)}, node RSS "
         + (f"{rss / 1024 / 1024:.0f} MB" if isinstance(rss, int) else "-"),
         "  versions: " + ", ".join(f"{k} {v}" for k, v in sorted(state.versions.items())),
         f"  server log: {state.log_path}",
@@ -415,10 +424,26 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  connections {stats.get('connections')}, queries served "
             f"{stats.get('queries_served')}, backend restarts {stats.get('backend_restarts')}"
         )
+        lines.append(f"  backend: {describe_activity(report.get('activity'))}")
+        maintenance = stats.get("maintenance")
+        if isinstance(maintenance, dict):
+            last = maintenance.get("last_vacuum")
+            lines.append(
+                f"  autovacuum: {maintenance.get('vacuums')} vacuums"
+                + (f", last {last.get('table')} at {last.get('at')}" if last else "")
+                + f"; {maintenance.get('checkpoints')} checkpoints"
+            )
     if state.error:
         lines.append(f"  error: {state.error}")
     _out("\n".join(lines))
     return EXIT_OK if running else EXIT_NOT_RUNNING
+
+
+def _last_exit(state: BridgeState) -> str:
+    if not state.last_exit:
+        return ""
+    ago = f" {time.time() - state.last_exit_at:.0f}s ago" if state.last_exit_at else ""
+    return f" (last exit{ago}: {state.last_exit})"
 
 
 def _running_state(target: _Target, paths: RunPaths, fix: str | None = None) -> BridgeState:

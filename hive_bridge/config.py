@@ -96,6 +96,13 @@ class BridgeSettings:
     socket_dir: Path | None = None
     unix_socket: bool = True
     cache_dir: Path | None = None
+    #: watchdog and autovacuum knobs (``None``: the defaults of :class:`SupervisorOptions`)
+    health_interval: float | None = None
+    health_timeout: float | None = None
+    health_failures: int | None = None
+    vacuum_interval: float | None = None
+    vacuum_threshold: int | None = None
+    vacuum_scale_factor: float | None = None
 
 
 @dataclass(frozen=True)
@@ -325,6 +332,35 @@ def _bool_setting(env: Mapping[str, str], name: str) -> bool:
     )
 
 
+def _number_setting(
+    env: Mapping[str, str],
+    name: str,
+    *,
+    minimum: float,
+    example: str,
+    integer: bool = False,
+    positive: bool = False,
+) -> float | None:
+    """A number >= ``minimum`` (> 0 with ``positive``), or ``None`` when unset."""
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    try:
+        value = float(int(raw)) if integer else float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= minimum or (positive and not value > 0) or value == float("inf"):
+        kind = "a whole number" if integer else "a number"
+        bound = f"> {minimum:g}" if positive else f">= {minimum:g}"
+        raise ConfigError(
+            setting=name,
+            value=raw,
+            problem=f"not {kind} {bound}",
+            example=f"{name}={example}",
+        )
+    return value
+
+
 def _get(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     if value is None:
@@ -443,6 +479,12 @@ def _bridge_settings(env: Mapping[str, str], base: Path) -> BridgeSettings:
     socket_raw = _get(env, "HIVE_BRIDGE_SOCKET_DIR")
     unix_socket = socket_raw is None or socket_raw.lower() not in SOCKET_OFF
 
+    def number(name: str, example: str, **kw: bool) -> float | None:
+        return _number_setting(env, name, minimum=0, example=example, **kw)
+
+    failures = number("HIVE_BRIDGE_HEALTH_FAILURES", "3", integer=True, positive=True)
+    threshold = number("HIVE_BRIDGE_VACUUM_THRESHOLD", "50", integer=True)
+
     return BridgeSettings(
         log_level=level,
         node=_get(env, "HIVE_BRIDGE_NODE"),
@@ -454,4 +496,10 @@ def _bridge_settings(env: Mapping[str, str], base: Path) -> BridgeSettings:
         socket_dir=_path_setting(env, "HIVE_BRIDGE_SOCKET_DIR", base) if unix_socket else None,
         unix_socket=unix_socket,
         cache_dir=_path_setting(env, "HIVE_BRIDGE_CACHE_DIR", base),
+        health_interval=number("HIVE_BRIDGE_HEALTH_INTERVAL", "2", positive=True),
+        health_timeout=number("HIVE_BRIDGE_HEALTH_TIMEOUT", "5", positive=True),
+        health_failures=None if failures is None else int(failures),
+        vacuum_interval=number("HIVE_BRIDGE_VACUUM_INTERVAL", "10"),
+        vacuum_threshold=None if threshold is None else int(threshold),
+        vacuum_scale_factor=number("HIVE_BRIDGE_VACUUM_SCALE_FACTOR", "0.2"),
     )

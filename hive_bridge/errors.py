@@ -18,6 +18,7 @@ __all__ = [
     "BridgeNotFoundError",
     "BridgeNotRunningError",
     "BridgeStartError",
+    "ClientError",
     "ConfigError",
     "DataDirError",
     "DataDirLockedError",
@@ -564,3 +565,18 @@ class VerifyFailedError(MigrateError):
             ),
         )
         self._fields = {"where": where, "differences": self.differences}
+
+
+class ClientError(HiveBridgeError):
+    """Listing or terminating the clients of a running server failed (``hive-bridge clients`` /
+    ``hive-bridge terminate``); ``exit_status`` 1. Nothing on the server was changed."""
+
+    def __init__(self, *, action: str, data_dir: str, problem: str, fix: str) -> None:
+        self.action = action
+        self.data_dir = data_dir
+        self.problem = problem
+        self.fix = fix
+        super().__init__(action=action, data_dir=data_dir, problem=problem, fix=fix)
+
+    def _message(self) -> str:
+        return f"hive-bridge: {self.action} failed for {self.data_dir}: {self.problem}. Fix: {self.fix}"

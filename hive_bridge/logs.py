@@ -4,22 +4,58 @@
 has a handler (the application has not configured logging), a stderr handler is attached to
 ``hive_bridge`` so its messages are visible; otherwise records simply propagate to the app's handlers.
 At DEBUG a :class:`LogTailer` thread re-logs every line the Node server prints as ``node[pid]: …``.
+
+``server.log`` and ``supervisor.log`` are size-capped (:func:`rotate_log`): past ``LOG_MAX_BYTES``
+they become ``.1`` (older ones ``.2``, ``.3``; the oldest is dropped), by copy-and-truncate, because
+the writers (Node, a detached supervisor) keep the file open in append mode and simply go on at its
+new end.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["LOGGER_NAME", "LogTailer", "configure_logging"]
+__all__ = [
+    "LOGGER_NAME",
+    "LOG_BACKUPS",
+    "LOG_MAX_BYTES",
+    "LogTailer",
+    "configure_logging",
+    "rotate_log",
+]
 
 LOGGER_NAME = "hive_bridge"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _handler: logging.Handler | None = None
+
+#: a log is rotated once it is larger than this; ``LOG_BACKUPS`` generations are kept
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> bool:
+    """If ``path`` is larger than ``max_bytes``: shift ``.1``… up one (dropping the oldest), copy it
+    to ``.1`` and truncate it in place (writers appending to it go on at offset 0). Returns whether it
+    rotated. Never raises for a missing file or an I/O error (logging must not stop a server)."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+        for n in range(backups - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{n}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
+        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+        with open(path, "r+b") as fh:
+            fh.truncate(0)
+    except OSError:
+        return False
+    return True
 
 
 def configure_logging(level: str | int) -> logging.Logger:

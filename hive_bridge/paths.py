@@ -2,8 +2,9 @@
 
 A data dir ``data/automagik_hive.db`` gets the run dir ``data/automagik_hive.db.bridge/`` (next to
 the real path of the data dir, mode 0700 when we create it) holding ``lock``, ``state.json``,
-``server.log``, ``supervisor.log``, ``password`` (mode 0600), ``users/`` (one lease per process using
-a shared server) and ``users.lock``. An in-memory database gets a private temporary run dir.
+``server.log``, ``supervisor.log`` (each with up to 3 rotated generations ``.1``-``.3``), ``password``
+(mode 0600), ``port`` (the data dir's stable TCP port), ``users/`` (one lease per process using a
+shared server) and ``users.lock``. An in-memory database gets a private temporary run dir.
 
 The Unix socket lives in ``<run dir>/sock/`` (0700) when the socket path fits the platform's limit
 with room to spare, else in ``$XDG_RUNTIME_DIR/hive-bridge/<key>/`` or ``/tmp/hive-bridge-<uid>/<key>/``.
@@ -77,6 +78,11 @@ class RunPaths:
     @property
     def users_lock(self) -> Path:
         return self.run_dir / "users.lock"
+
+    @property
+    def port_file(self) -> Path:
+        """The data dir's TCP port, recorded at its first start and reused by every later one."""
+        return self.run_dir / "port"
 
 
 def resolve_data_dir(data_dir: Path | str) -> Path:

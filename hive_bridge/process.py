@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import IO
 
 from .locate import BridgeInstall
+from .logs import rotate_log
 
 __all__ = ["NodeProcess", "SpawnSpec", "build_argv", "read_log", "read_log_tail"]
 
 log = logging.getLogger("hive_bridge.process")
 
-#: rotate server.log to server.log.1 at spawn time once it is larger than this
-LOG_ROTATE_BYTES = 16 * 1024 * 1024
 NODE_LOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}
 
 
@@ -48,6 +47,10 @@ class SpawnSpec:
     socket_dir: Path | None = None
     allow_remote: bool = False
     cache_dir: Path | None = None
+    #: autovacuum (seconds between looks, 0 = off; PostgreSQL's threshold and scale factor)
+    vacuum_interval: float = 10.0
+    vacuum_threshold: int = 50
+    vacuum_scale_factor: float = 0.2
 
 
 def build_argv(spec: SpawnSpec) -> list[str]:
@@ -68,6 +71,9 @@ def build_argv(spec: SpawnSpec) -> list[str]:
         argv += ["--allow-remote"]
     if spec.cache_dir is not None:
         argv += ["--cache-dir", str(spec.cache_dir)]
+    argv += ["--vacuum-interval-ms", str(round(spec.vacuum_interval * 1000))]
+    argv += ["--vacuum-threshold", str(spec.vacuum_threshold)]
+    argv += ["--vacuum-scale-factor", repr(float(spec.vacuum_scale_factor))]
     return argv
 
 
@@ -88,7 +94,7 @@ class NodeProcess:
     @classmethod
     def spawn(cls, spec: SpawnSpec) -> NodeProcess:
         argv = build_argv(spec)
-        _rotate(spec.log_path)
+        rotate_log(spec.log_path)
         with open(spec.log_path, "ab") as out:
             offset = out.seek(0, os.SEEK_END)
             popen = subprocess.Popen(
@@ -163,19 +169,13 @@ class NodeProcess:
         return read_log(self.spec.log_path, self.log_offset)
 
 
-def _rotate(path: Path) -> None:
-    try:
-        if path.stat().st_size > LOG_ROTATE_BYTES:
-            os.replace(path, path.with_name(path.name + ".1"))
-    except FileNotFoundError:
-        pass
-
-
 def read_log(path: Path, offset: int = 0, limit: int = 4 * 1024 * 1024) -> str:
     """The log from ``offset`` (at most the last ``limit`` bytes of it)."""
     try:
         with open(path, "rb") as fh:
             end = fh.seek(0, os.SEEK_END)
+            if offset > end:  # rotated (truncated) since the offset was taken
+                offset = 0
             fh.seek(max(offset, end - limit))
             return fh.read().decode("utf-8", "replace")
     except FileNotFoundError:

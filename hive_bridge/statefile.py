@@ -46,6 +46,9 @@ class BridgeState:
     started_at: float | None = None  # wall clock, supervisor start
     running_since: float | None = None  # wall clock, current node became RUNNING
     restarts: int = 0
+    #: why the server last exited unexpectedly (supervisord wording), and when (wall clock)
+    last_exit: str | None = None
+    last_exit_at: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
     log_path: str | None = None
     supervisor_log_path: str | None = None

@@ -30,8 +30,9 @@ def _rss(pid: int | None, create_time: float | None) -> int | None:
 def status_report(
     state: BridgeState, *, live: bool = True, users_dir: Path | None = None
 ) -> dict[str, Any]:
-    """A JSON-able description: pids, address, state, uptime, restarts, RSS, versions, live stats,
-    and the pids of the processes registered as users (``users_dir``)."""
+    """A JSON-able description: pids, address, state, uptime, restarts and the last exit cause, RSS,
+    versions, live stats and what the backend is doing (``activity``), and the pids of the
+    processes registered as users (``users_dir``)."""
     now = time.time()
     report: dict[str, Any] = {
         "state": state.state,
@@ -47,6 +48,8 @@ def status_report(
         "uptime_s": round(now - state.running_since, 3) if state.running_since else None,
         "supervisor_uptime_s": round(now - state.started_at, 3) if state.started_at else None,
         "restarts": state.restarts,
+        "last_exit": state.last_exit,
+        "last_exit_at": state.last_exit_at,
         "versions": dict(state.versions),
         "log_path": state.log_path,
         "supervisor_log_path": state.supervisor_log_path,
@@ -57,5 +60,8 @@ def status_report(
         report["users"] = [lease.pid for lease in live_users(users_dir, clean=False)]
     if live:
         report["rss_bytes"] = _rss(state.node_pid, state.node_create_time)
-        report["stats"] = get_stats(state.admin_port) if state.admin_port else None
+        stats = get_stats(state.admin_port) if state.admin_port else None
+        report["stats"] = stats
+        # what the backend is doing right now (answered by Node itself, never queued)
+        report["activity"] = stats.get("activity") if isinstance(stats, dict) else None
     return report

@@ -2,16 +2,19 @@
 
 States: STOPPED → STARTING → RUNNING; a failed start goes to BACKOFF and is retried with exponential
 backoff (``startretries`` times, then FATAL); an unexpected exit goes EXITED → BACKOFF → STARTING.
-The failure count is reset once a server stayed up ``startsecs``, and - unlike supervisord - crash
-loops are capped after RUNNING too: ``crash_limit`` crashes within ``crash_window`` seconds → FATAL.
 
-A health thread pings the server (``SELECT 1`` on a fresh connection) every ``health_interval``;
-after ``health_failures`` consecutive failures the server is killed and restarted - unless the admin
-endpoint still answers "ok" (Node's main thread alive: a long query is running), in which case it
-gets ``busy_grace`` seconds first.
+Restart policy: a server that reached RUNNING once is never given up on. After an unexpected exit it
+is restarted at once (the first ``immediate_restarts`` times in a row), with exponential backoff
+(``backoff_min`` … ``backoff_max``) only while it keeps dying within ``startsecs`` of its start, like
+Kubernetes' CrashLoopBackOff. FATAL is only for a server that never got to RUNNING (after
+``startretries`` retries, or at once for an error no retry can fix), and for those errors later.
 
-Restarts reuse the port the first start got, so a DSN handed out stays valid. Stop requests (also
-from signal handlers) only set a flag; the monitor thread acts on it.
+Liveness is the watchdog's (:mod:`hive_bridge.watchdog`): Node is restarted only when its admin
+endpoint stops answering, never because the backend is busy with a statement.
+
+The first start picks the data dir's port and records it in the run dir; every later start reuses it
+(:mod:`hive_bridge.address`), so a DSN handed out stays valid. Stop requests (also from signal
+handlers) only set a flag; the monitor thread acts on it.
 """
 
 from __future__ import annotations
@@ -24,29 +27,32 @@ import signal
 import threading
 import time
 import weakref
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tenacity
 
 from . import __version__
-from .admin import get_health
+from .address import pick_port, read_port, record_port
+from .config import BridgeSettings
 from .dsn import libpq_dsn
 from .errors import BridgeFatalError, BridgeStartError, PortInUseError, display_path
 from .locate import BridgeInstall
 from .lock import DataDirLock
-from .logs import LOGGER_NAME, LogTailer
+from .logs import LOGGER_NAME, LogTailer, rotate_log
 from .paths import RunPaths
 from .process import NodeProcess, SpawnSpec, read_log_tail
-from .readiness import NON_RETRYABLE_CODES, ReadyInfo, StartCancelled, ping, wait_ready
+from .readiness import NON_RETRYABLE_CODES, ReadyInfo, StartCancelled, wait_ready
 from .statefile import BridgeState, Origin, process_create_time, remove_state, write_state
+from .watchdog import Probe, Watchdog
 
 __all__ = ["ServerTarget", "State", "Supervisor", "SupervisorOptions"]
 
 log = logging.getLogger("hive_bridge.supervisor")
 NAME = "hive-bridge"
+#: how often a RUNNING server's logs are checked for rotation (seconds)
+LOG_CHECK_INTERVAL = 10.0
 
 
 class State(enum.StrEnum):
@@ -61,7 +67,10 @@ class State(enum.StrEnum):
 
 @dataclass(frozen=True)
 class SupervisorOptions:
-    """Timing knobs (seconds), named after their supervisord counterparts where there is one."""
+    """Timing knobs (seconds), named after their supervisord counterparts where there is one.
+
+    The watchdog and autovacuum knobs come from ``HIVE_BRIDGE_*`` (:meth:`from_settings`).
+    """
 
     startsecs: float = 5.0
     startretries: int = 3
@@ -69,17 +78,39 @@ class SupervisorOptions:
     start_timeout: float = 60.0
     backoff_min: float = 0.1
     backoff_max: float = 5.0
-    crash_limit: int = 5
-    crash_window: float = 60.0
+    #: restarts right after an unexpected exit before backoff starts (while it keeps dying early)
+    immediate_restarts: int = 2
+    #: the watchdog: ask /health every ``health_interval``; ``health_failures`` unanswered in a row
+    #: (``health_timeout`` each) mean Node is hung. A busy backend always answers.
     health_interval: float = 2.0
-    health_timeout: float = 2.0
-    health_failures: int = 2
+    health_timeout: float = 5.0
+    health_failures: int = 3
     hang_kill_wait: float = 2.0
-    busy_grace: float = 60.0
+    #: a statement running this long is mentioned at INFO (never restarted for it)
+    busy_notice: float = 60.0
+    #: autovacuum between client turns: look every ``vacuum_interval`` (0 = off), vacuum tables with
+    #: n_dead_tup > vacuum_threshold + vacuum_scale_factor * reltuples (PostgreSQL's formula)
+    vacuum_interval: float = 10.0
+    vacuum_threshold: int = 50
+    vacuum_scale_factor: float = 0.2
     #: a shared (on-demand) server looks for live users this often, and stops once it has had
     #: none for ``idle_grace`` seconds
     idle_check_interval: float = 1.0
     idle_grace: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: BridgeSettings) -> SupervisorOptions:
+        """The defaults, with the ``HIVE_BRIDGE_*`` settings that are set."""
+        names = (
+            "health_interval",
+            "health_timeout",
+            "health_failures",
+            "vacuum_interval",
+            "vacuum_threshold",
+            "vacuum_scale_factor",
+        )
+        given = {n: getattr(settings, n) for n in names if getattr(settings, n, None) is not None}
+        return cls(**given)
 
     @property
     def start_budget(self) -> float:
@@ -113,9 +144,13 @@ class ServerTarget:
 
 @dataclass
 class _Counters:
+    #: failed starts in a row, before the server first got to RUNNING
     failures: int = 0
+    #: unexpected exits and failed restarts in a row, each soon after its start
+    quick_deaths: int = 0
     restarts: int = 0
-    crashes: deque[float] = field(default_factory=deque)
+    last_exit: str | None = None
+    last_exit_at: float | None = None
 
 
 def _backoff(failures: int, options: SupervisorOptions) -> float:
@@ -158,9 +193,15 @@ class Supervisor:
         self._state = State.STOPPED
         self._proc: NodeProcess | None = None
         self._ready: ReadyInfo | None = None
+        #: the port to listen on: the configured one, else the one recorded for this data dir
         self._port = target.port
+        self._port_recorded = False
+        if not self._port and target.data_dir is not None:
+            recorded = read_port(target.paths.port_file)
+            self._port = recorded or 0
+            self._port_recorded = recorded is not None
         self._generation = 0
-        self._unhealthy_generation = -1
+        self._hung: tuple[int, str] | None = None
         self._counters = _Counters()
         self._fatal_error: BridgeStartError | None = None
         self._started_wall: float | None = None
@@ -170,7 +211,16 @@ class Supervisor:
         self._force = False
         self._wake = threading.Event()
         self._monitor: threading.Thread | None = None
-        self._health: threading.Thread | None = None
+        self._watchdog = Watchdog(
+            interval=self.options.health_interval,
+            timeout=self.options.health_timeout,
+            failures=self.options.health_failures,
+            restart_limit=self.options.start_timeout,
+            busy_notice=self.options.busy_notice,
+            probe=self._probe,
+            on_hung=self._on_hung,
+            stopping=lambda: self._stop_requested,
+        )
         self._tailer: LogTailer | None = None
         self._create_time = process_create_time(os.getpid()) or 0.0
         self._origin: Origin = target.origin
@@ -249,11 +299,9 @@ class Supervisor:
             self._tailer = LogTailer(self.target.paths.server_log, offset, lambda: self.node_pid)
             self._tailer.start()
         self._monitor = threading.Thread(target=self._run, name="hive-bridge-monitor", daemon=True)
-        self._health = threading.Thread(
-            target=self._health_loop, name="hive-bridge-health", daemon=True
-        )
         self._monitor.start()
-        self._health.start()
+        monitor = self._monitor
+        self._watchdog.start(alive=monitor.is_alive)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._state not in (State.RUNNING, State.FATAL) and self._monitor.is_alive():
@@ -291,9 +339,9 @@ class Supervisor:
         """Stop the server (SIGTERM, wait ``stopwaitsecs``, SIGKILL), reap it, release the lock."""
         self.request_stop()
         self._wake.set()
-        for thread in (self._monitor, self._health):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join()
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join()
+        self._watchdog.join()
         if self._tailer is not None:
             self._tailer.stop()
             self._tailer = None
@@ -359,15 +407,32 @@ class Supervisor:
             except StartCancelled:
                 return
             except BridgeStartError as err:
+                if not ever_ran and isinstance(err, PortInUseError) and self._port_recorded:
+                    self._port_taken(err)
+                    continue
+                cause = (
+                    f"{_describe_exit(err.exit_code)}; not expected"
+                    if err.exit_code is not None
+                    else "did not get ready"
+                )
+                if err.code in NON_RETRYABLE_CODES:
+                    self._give_up(err, "the error cannot be fixed by a retry")
+                    return
+                if ever_ran:
+                    # it ran before: never give up (a retry may well succeed, e.g. once a full
+                    # disk has room again); back off while it keeps failing
+                    counters.quick_deaths += 1
+                    self._record_exit(f"restart failed: {cause}: {err.reason}")
+                    log.warning("start failed: %s (%s); retrying", err.reason, cause)
+                    if self._backoff(self._restart_delay()):
+                        return
+                    continue
                 counters.failures += 1
                 if err.exit_code is not None:
-                    log.info("exited: %s (%s; not expected)", NAME, _describe_exit(err.exit_code))
+                    log.info("exited: %s (%s)", NAME, cause)
                 # before the first successful start, a taken port or a data dir PGlite cannot open
-                # will not change by retrying; after it, a restart may well succeed
-                fatal_now = err.code in NON_RETRYABLE_CODES or (
-                    not ever_ran and (isinstance(err, PortInUseError) or err.code == "open_failed")
-                )
-                if fatal_now:
+                # will not change by retrying
+                if isinstance(err, PortInUseError) or err.code == "open_failed":
                     self._give_up(err, "the error cannot be fixed by a retry")
                     return
                 if counters.failures > opts.startretries:
@@ -381,7 +446,7 @@ class Supervisor:
                     )
                     return
                 log.info("start failed: %s", err.reason)
-                if self._backoff():
+                if self._backoff(_backoff(counters.failures, opts)):
                     return
                 continue
             ever_ran = True
@@ -389,47 +454,47 @@ class Supervisor:
             if outcome == "stop":
                 return
             counters.restarts += 1
-            counters.failures += 1
-            now = time.monotonic()
-            counters.crashes.append(now)
-            while counters.crashes and now - counters.crashes[0] > opts.crash_window:
-                counters.crashes.popleft()
+            ran = proc.uptime()
+            counters.quick_deaths = counters.quick_deaths + 1 if ran < opts.startsecs else 0
+            delay = self._restart_delay()
             self._transition(State.EXITED)
-            if len(counters.crashes) >= opts.crash_limit:
-                self._give_up(
-                    BridgeFatalError(
-                        data_dir=self.target.label,
-                        reason=(
-                            f"it crashed {len(counters.crashes)} times within "
-                            f"{opts.crash_window:.0f}s"
-                        ),
-                        attempts=len(counters.crashes),
-                        log_path=str(proc.spec.log_path),
-                        log_tail=read_log_tail(proc.spec.log_path, 40, proc.log_offset),
-                        exit_code=proc.poll(),
-                    ),
-                    "too many crashes",
-                )
-                return
-            if counters.failures > opts.startretries:
-                self._give_up(
-                    BridgeFatalError(
-                        data_dir=self.target.label,
-                        reason="it kept exiting right after start (too many start retries too quickly)",
-                        attempts=counters.failures,
-                        log_path=str(proc.spec.log_path),
-                        log_tail=read_log_tail(proc.spec.log_path, 40, proc.log_offset),
-                        exit_code=proc.poll(),
-                    ),
-                    "too many start retries too quickly",
-                )
-                return
-            if self._backoff():
+            log.warning(
+                "exited: %s (%s); restart %d %s (it ran %.1fs)",
+                NAME,
+                outcome,
+                counters.restarts,
+                "now" if delay == 0 else f"in {delay:.1f}s",
+                ran,
+            )
+            if delay and self._backoff(delay):
                 return
 
-    def _backoff(self) -> bool:
-        """Enter BACKOFF and sleep the backoff delay; True if a stop was requested meanwhile."""
-        delay = _backoff(self._counters.failures, self.options)
+    def _restart_delay(self) -> float:
+        """0 for the first ``immediate_restarts`` early deaths in a row, then exponential backoff."""
+        extra = self._counters.quick_deaths - self.options.immediate_restarts
+        return 0.0 if extra <= 0 else _backoff(extra, self.options)
+
+    def _record_exit(self, cause: str) -> None:
+        with self._cond:
+            self._counters.last_exit = cause
+            self._counters.last_exit_at = time.time()
+
+    def _port_taken(self, err: PortInUseError) -> None:
+        """The recorded port is taken by another program: pick a new one (documented fallback)."""
+        owner = f" by process {err.owner_pid} ({err.owner_name})" if err.owner_pid else ""
+        log.warning(
+            "port %s:%d, recorded for data dir %s, is taken%s; listening on a new port instead "
+            "(DSNs saved with the old port must be updated: hive-bridge url)",
+            self.target.host,
+            self._port,
+            self.target.label,
+            owner,
+        )
+        self._port = 0
+        self._port_recorded = False
+
+    def _backoff(self, delay: float) -> bool:
+        """Enter BACKOFF and sleep ``delay``; True if a stop was requested meanwhile."""
         self._transition(State.BACKOFF, f"retrying in {delay:.2f}s")
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline:
@@ -440,6 +505,8 @@ class Supervisor:
         return self._stop_requested
 
     def _start_once(self) -> NodeProcess:
+        if not self._port and self.target.data_dir is not None:
+            self._port = pick_port(self.target.host)  # a first start: this becomes its port
         spec = SpawnSpec(
             install=self.install,
             data_dir=self.target.data_dir,
@@ -454,6 +521,9 @@ class Supervisor:
             socket_dir=self.target.socket_dir,
             allow_remote=self.target.allow_remote,
             cache_dir=self.target.cache_dir,
+            vacuum_interval=self.options.vacuum_interval,
+            vacuum_threshold=self.options.vacuum_threshold,
+            vacuum_scale_factor=self.options.vacuum_scale_factor,
         )
         proc = NodeProcess.spawn(spec)
         with self._cond:
@@ -479,6 +549,12 @@ class Supervisor:
             self._ready = ready
             self._port = ready.port
             self._running_since = time.time()
+        if self.target.data_dir is not None and not self._port_recorded:
+            try:
+                record_port(self.target.paths.port_file, ready.port)
+                self._port_recorded = True
+            except OSError as exc:
+                log.warning("cannot record the port in %s: %s", self.target.paths.port_file, exc)
         self._transition(
             State.RUNNING,
             f"pid {proc.pid} serves SQL on {self.target.host}:{ready.port}",
@@ -486,31 +562,43 @@ class Supervisor:
         return proc
 
     def _watch(self, proc: NodeProcess) -> str:
-        """Wait while RUNNING; returns ``stop``, ``exited`` or ``hung``."""
+        """Wait while RUNNING; returns ``stop``, or the cause of an unexpected exit (supervisord
+        wording: ``terminated by SIGKILL; not expected``), also recorded for ``status``."""
         generation = self._generation
         reset = False
+        next_rotation = 0.0
         while True:
             if self._stop_requested:
                 return "stop"
             status = proc.poll()
             if status is not None:
-                log.warning("exited: %s (%s; not expected)", NAME, _describe_exit(status))
-                return "exited"
-            if self._unhealthy_generation == generation:
+                cause = f"{_describe_exit(status)}; not expected"
+                self._record_exit(cause)
+                return cause
+            hung = self._hung
+            if hung is not None and hung[0] == generation:
                 log.warning(
-                    "unhealthy: %s pid %d accepts connections but does not answer SQL; "
-                    "killing it to restart",
-                    NAME,
-                    proc.pid,
+                    "unhealthy: %s pid %d: %s; killing it to restart", NAME, proc.pid, hung[1]
                 )
                 status = proc.terminate(self.options.hang_kill_wait)
-                log.info("exited: %s (%s; killed as unhealthy)", NAME, _describe_exit(status))
-                return "hung"
+                cause = f"{_describe_exit(status)}; killed as hung: {hung[1]}"
+                self._record_exit(cause)
+                return cause
             if not reset and proc.uptime() >= self.options.startsecs:
                 self._counters.failures = 0
                 reset = True
+            now = time.monotonic()
+            if now >= next_rotation:
+                next_rotation = now + LOG_CHECK_INTERVAL
+                self._rotate_logs()
             self._wake.wait(0.05)
             self._wake.clear()
+
+    def _rotate_logs(self) -> None:
+        if rotate_log(self.target.paths.server_log):
+            log.info("rotated %s", self.target.paths.server_log)
+        if self.target.detached and rotate_log(self.target.paths.supervisor_log):
+            log.info("rotated %s", self.target.paths.supervisor_log)
 
     def _give_up(self, error: BridgeStartError, why: str) -> None:
         self._fatal_error = error
@@ -531,68 +619,28 @@ class Supervisor:
         status = proc.terminate(self._stop_wait(), abort=lambda: self._force)
         log.info("stopped: %s (%s)", NAME, _describe_exit(status))
 
-    # ---------------------------------------------------------------------- health loop
+    # ------------------------------------------------------------------------- watchdog
 
-    def _health_loop(self) -> None:
-        opts = self.options
-        failures = 0
-        busy_since: float | None = None
-        monitor = self._monitor
-        while monitor is not None and monitor.is_alive() and not self._stop_requested:
-            self._sleep_unless_stopping(opts.health_interval)
-            with self._cond:
-                state = self._state
-                generation = self._generation
-                ready = self._ready
-            if state is not State.RUNNING or ready is None or self._stop_requested:
-                failures, busy_since = 0, None
-                continue
-            try:
-                took = ping(
-                    libpq_dsn(self.target.host, self._port, self.password), opts.health_timeout
-                )
-            except Exception as exc:
-                if self._stop_requested or self._state is not State.RUNNING:
-                    continue  # the server is being stopped or restarted: not a health problem
-                failures += 1
-                log.log(
-                    logging.WARNING if failures == opts.health_failures else logging.DEBUG,
-                    "health check failed for pid %s (%d in a row, limit %d): %r",
-                    self.node_pid,
-                    failures,
-                    opts.health_failures,
-                    exc,
-                )
-            else:
-                if failures:
-                    log.info("health check ok again after %d failure(s)", failures)
-                failures, busy_since = 0, None
-                log.debug("health check ok: SELECT 1 in %.1f ms", took * 1000)
-                continue
-            if failures < opts.health_failures or generation != self._generation:
-                continue
-            admin = get_health(ready.admin_port, timeout=1.0) if ready.admin_port else None
-            if admin == "ok":
-                now = time.monotonic()
-                first = busy_since is None
-                busy_since = busy_since or now
-                if now - busy_since < opts.busy_grace:
-                    log.log(
-                        logging.WARNING if first else logging.DEBUG,
-                        "SQL does not answer but the admin endpoint says ok: assuming a long "
-                        "query, not restarting for up to %.0fs (%.0fs used)",
-                        opts.busy_grace,
-                        now - busy_since,
-                    )
-                    continue
-            self._unhealthy_generation = generation
-            self._wake.set()
-            failures, busy_since = 0, None
+    def _probe(self) -> Probe | None:
+        """What the watchdog checks: the RUNNING server of the current generation."""
+        with self._cond:
+            ready, proc = self._ready, self._proc
+            if self._state is not State.RUNNING or ready is None or proc is None:
+                return None
+            return Probe(
+                generation=self._generation,
+                pid=proc.pid,
+                admin_port=ready.admin_port,
+                dsn=libpq_dsn(self.target.host, self._port, self.password),
+            )
 
-    def _sleep_unless_stopping(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self._stop_requested and time.monotonic() < deadline:
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    def _on_hung(self, generation: int, why: str) -> None:
+        self._hung = (generation, why)
+        self._wake.set()
+
+    def activity(self) -> dict[str, Any] | None:
+        """What the backend was doing at the last health check (``/health``), if it answered."""
+        return self._watchdog.last_report
 
     # ----------------------------------------------------------------------- bookkeeping
 
@@ -639,6 +687,8 @@ class Supervisor:
             started_at=self._started_wall,
             running_since=self._running_since if self._state is State.RUNNING else None,
             restarts=self._counters.restarts,
+            last_exit=self._counters.last_exit,
+            last_exit_at=self._counters.last_exit_at,
             versions=versions,
             log_path=str(self.target.paths.server_log),
             supervisor_log_path=(

@@ -29,7 +29,6 @@ FAST = SupervisorOptions(
     health_timeout=0.5,
     health_failures=2,
     hang_kill_wait=1.0,
-    busy_grace=0.0,
 )
 
 #: data dirs of servers that live longer than one test (session/module fixtures): the per-test

@@ -25,7 +25,7 @@ import torture
 pytestmark = [pytest.mark.bridge, pytest.mark.timeout(120)]
 
 #: these tests crash the server on purpose, more often than a crash loop would
-CRASH_OK = replace(FAST, startretries=20, crash_limit=20)
+CRASH_OK = replace(FAST, startretries=20)
 
 
 def test_no_acknowledged_commit_is_lost_when_node_is_killed(fresh_data_dir: Path) -> None:

@@ -1,6 +1,7 @@
 // Loopback-only HTTP admin endpoint: /health, /stats (JSON), /metrics (Prometheus text). No secrets.
 import http from 'node:http';
 import { snapshotRoute } from './snapshot.js';
+import { clientsRoute } from './clients.js';
 
 /** Truncated for display: a statement can be megabytes long. */
 function shortSql(sql) {
@@ -147,6 +148,7 @@ export function startAdmin(server, port) {
       snapshotRoute(server, req, res); // a copy for a logical dump (hive-bridge dump/migrate)
       return;
     }
+    if (clientsRoute(server, req, res, url)) return; // GET /clients, POST /terminate (clients.js)
     if (req.method !== 'GET') {
       res.writeHead(405).end();
       return;

@@ -1,0 +1,135 @@
+// Clients for operators: who is connected, what each is doing, and a way to end one.
+//
+// PGlite is one backend session, so pg_backend_pid(), pg_stat_activity and pg_terminate_backend() all see
+// that one session. Each client's identity is instead the process id the front end gave it in its
+// BackendKeyData (the pid libpq's PQbackendPID(), psycopg's `conn.info.backend_pid` and asyncpg's
+// `conn.get_server_pid()` report, and the one a CancelRequest names). The admin endpoint lists clients by
+// that pid (GET /clients) and terminates one (POST /terminate {"pid": N}), as PostgreSQL's
+// pg_terminate_backend() would: the client gets FATAL 57P01 and its connection is closed; its open
+// transaction is rolled back (a running statement is stopped first, which restarts the PGlite worker as a
+// cancel does); every other client goes on.
+
+export const TERMINATE_MESSAGE = 'terminating connection due to administrator command';
+
+function stateOf(s, sched) {
+  if (s.phase !== 'ready') return 'starting';
+  if (sched.holder === s) {
+    if (sched.running) return 'active';
+    return s.txStatus === 'I' ? 'holding' : s.txStatus === 'E' ? 'idle in transaction (aborted)' : 'idle in transaction';
+  }
+  if (s.queued) return 'waiting';
+  if (s.parked) return 'idle in transaction (parked)';
+  if (s.txStatus === 'E') return 'idle in transaction (aborted)';
+  if (s.txStatus === 'T') return 'idle in transaction';
+  return 'idle';
+}
+
+/** One client as GET /clients shows it (Session.info() when the session has one). */
+export function describeClient(s, sched, now = Date.now()) {
+  const base = typeof s.info === 'function' ? s.info(now) : {};
+  const holding = sched.holder === s;
+  const last = typeof s.lastStatement === 'string' ? s.lastStatement : '';
+  let since = null;
+  if (holding && s.heldSince) since = s.heldSince;
+  else if (s.queued && s.queuedSince) since = s.queuedSince;
+  else if (s.parked && s.parked.since) since = s.parked.since;
+  return {
+    pid: s.pid,
+    application_name: s.applicationName ?? '',
+    user: s.params?.user ?? null,
+    address: s.unix ? 'unix socket' : `${s.socket.remoteAddress}:${s.socket.remotePort}`,
+    ...base,
+    state: base.state ?? stateOf(s, sched),
+    tx_status: s.txStatus,
+    holding,
+    parked: !!s.parked,
+    waiting: !!s.queued,
+    connected_at: new Date(s.connectedAt).toISOString(),
+    since: since ? new Date(since).toISOString() : null,
+    last_statement: last.length > 1000 ? `${last.slice(0, 1000)}...` : last,
+  };
+}
+
+/** Every connected client, oldest first. */
+export function listClients(server) {
+  const sched = server.scheduler;
+  const now = Date.now();
+  const out = [];
+  for (const s of server.sessions.values()) if (!s.closed) out.push(describeClient(s, sched, now));
+  out.sort((a, b) => a.pid - b.pid);
+  return out;
+}
+
+/**
+ * End one client as pg_terminate_backend() does. Returns false if no such client is connected.
+ * The FATAL goes out first; closing the session makes the scheduler roll back what it left on the
+ * backend (its turn notices the close, or the janitor runs a turn for it).
+ */
+export function terminateClient(server, pid, log) {
+  const s = server.sessions.get(pid);
+  if (!s || s.closed) return false;
+  const sched = server.scheduler;
+  log.info(`client ${s.id}: ${s.describe()} terminated by the administrator (hive-bridge terminate)`);
+  const running = sched && sched.holder === s && sched.running;
+  s.fatal('57P01', TERMINATE_MESSAGE);
+  // A statement of its still inside PGlite cannot be interrupted otherwise: restart the worker, as a
+  // cancel does, so what it was doing is rolled back instead of finishing after its client is gone.
+  if (running) {
+    if (sched.interrupts) sched.interrupts.interrupt(s, '57P01', TERMINATE_MESSAGE);
+    else if (typeof sched.interrupt === 'function') sched.interrupt(s, '57P01', TERMINATE_MESSAGE);
+  }
+  return true;
+}
+
+function reply(res, status, body) {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
+
+/**
+ * GET /clients and POST /terminate {"pid": N} of the admin endpoint. Both need the server password as a
+ * bearer token (client addresses and statements are not for everyone on the machine). Returns false for
+ * any other request.
+ */
+export function clientsRoute(server, req, res, url) {
+  const isList = url === '/clients';
+  if (!isList && url !== '/terminate') return false;
+  const token = server.adminToken;
+  if (token && req.headers.authorization !== `Bearer ${token}`) {
+    reply(res, 401, { error: `${url} needs the server password as a bearer token` });
+    return true;
+  }
+  if (isList) {
+    if (req.method !== 'GET') reply(res, 405, { error: 'use GET /clients' });
+    else reply(res, 200, { clients: listClients(server) });
+    return true;
+  }
+  if (req.method !== 'POST') {
+    reply(res, 405, { error: 'use POST /terminate {"pid": N}' });
+    return true;
+  }
+  let body = '';
+  req.setEncoding('utf8');
+  req.on('data', (chunk) => {
+    body += chunk;
+    if (body.length > 4096) req.destroy();
+  });
+  req.on('end', () => {
+    let pid;
+    try {
+      pid = JSON.parse(body).pid;
+    } catch {
+      // handled below
+    }
+    if (!Number.isInteger(pid)) {
+      reply(res, 400, { error: 'send JSON {"pid": N} with the client pid from GET /clients' });
+      return;
+    }
+    if (!server.scheduler || !terminateClient(server, pid, server.log)) {
+      reply(res, 404, { error: `no client with pid ${pid} is connected`, pid });
+      return;
+    }
+    reply(res, 200, { terminated: pid });
+  });
+  return true;
+}
