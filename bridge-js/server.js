@@ -15,6 +15,7 @@ import { startAdmin } from './src/admin.js';
 import { Maintenance } from './src/maintenance.js';
 import { createLogger, LOG_LEVELS } from './src/log.js';
 import * as DataDir from './src/datadir.js';
+import * as Extensions from './src/extensions.js';
 import { packageVersion } from './src/versions.js';
 import { query, parseMessages } from './src/protocol.js';
 
@@ -63,7 +64,7 @@ function parseOptions(argv) {
       memory: { type: 'boolean', default: false },
       host: { type: 'string', default: '127.0.0.1' },
       port: { type: 'string', default: '0' },
-      extensions: { type: 'string', default: 'vector' },
+      extensions: { type: 'string', default: 'all' },
       'log-level': { type: 'string', default: 'info' },
       'lock-fd': { type: 'string' },
       'no-lock': { type: 'boolean', default: false },
@@ -189,7 +190,8 @@ class Server {
 
     const t0 = Date.now();
     const startParams = [...BASE_START_PARAMS, ...opts.pgOptions.flatMap((o) => ['-c', o])];
-    this.backend = new Backend({ dataDir: opts.dataDir, extensions: opts.extensions, startParams, log });
+    const extensions = this.extensionPlan();
+    this.backend = new Backend({ dataDir: opts.dataDir, extensions, startParams, log });
     try {
       this.info = await this.backend.open();
     } catch (err) {
@@ -197,13 +199,13 @@ class Server {
         'see the server log above; the data dir was not modified or deleted');
     }
     log.info(`PGlite ${this.info.pglite_version} (PostgreSQL ${this.info.postgres_version}) open in ${Date.now() - t0} ms`);
-    const missing = this.info.installed_extensions.filter((e) => !opts.extensions.includes(e));
+    const missing = this.info.installed_extensions.filter((e) => !extensions.offered.includes(e));
     if (missing.length) {
       await this.backend.close();
-      throw new StartError('extension_missing', `data dir ${opts.dataDir} uses extension(s) ${missing.join(', ')}, which this server was started without; its tables would fail with "could not access file"`,
-        `start it with --extensions ${[...new Set([...opts.extensions, ...missing])].join(',')} (hive-bridge loads vector by default)`);
+      throw new StartError('extension_missing', `data dir ${opts.dataDir} uses extension(s) ${missing.join(', ')}, which this server does not offer (--extensions ${opts.extensions.join(',') || 'none'}); its tables would fail with "could not access file"`,
+        `start it with every extension (the default, --extensions all), or at least --extensions ${[...new Set([...extensions.offered, ...missing])].join(',')}`);
     }
-    if (opts.dataDir && !this.stamp) DataDir.writeStamp(opts.dataDir, this.info, opts.extensions);
+    if (opts.dataDir && !DataDir.stampIsCurrent(this.stamp, extensions.offered)) DataDir.writeStamp(opts.dataDir, this.info, extensions.offered);
     this.scheduler = new Scheduler(this);
     this.startMaintenance();
     this.admin = opts.adminPort >= 0 ? await startAdmin(this, opts.adminPort) : null;
@@ -221,7 +223,7 @@ class Server {
       socket_path: this.socketPath ?? null,
       pglite_version: this.info.pglite_version,
       postgres_version: this.info.postgres_version,
-      extensions: opts.extensions,
+      extensions: extensions.offered,
       startup_ms: Date.now() - this.startedAt,
     });
   }
@@ -308,7 +310,7 @@ class Server {
 
   /** A new data dir is a copy of a cached, pristine one: ~0.1 s instead of initdb's ~3.5 s. */
   async createDataDir(pgliteVersion) {
-    const tdir = DataDir.templateDir(this.opts.cacheDir, pgliteVersion, this.opts.extensions);
+    const tdir = DataDir.templateDir(this.opts.cacheDir, pgliteVersion);
     try {
       await this.buildTemplate(tdir);
     } catch (err) {
@@ -318,8 +320,14 @@ class Server {
     DataDir.createFromTemplate(tdir, this.opts.dataDir, this.log);
   }
 
+  /** What --extensions offers (see src/extensions.js): resolved once, the bundles extracted on first use. */
+  extensionPlan() {
+    if (!this.extensions) this.extensions = Extensions.plan(this.opts.extensions, { cacheDir: this.opts.cacheDir, log: this.log });
+    return this.extensions;
+  }
+
   buildTemplate(tdir) {
-    const { extensions } = this.opts;
+    const extensions = this.extensionPlan();
     return DataDir.ensureTemplate(tdir, async (dir) => {
       const b = new Backend({ dataDir: dir, extensions, startParams: BASE_START_PARAMS, log: this.log });
       await b.open();
@@ -443,7 +451,7 @@ async function main() {
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(sig, () => server.shutdown(`received ${sig}`));
 
   if (opts.prepareTemplate) {
-    const tdir = DataDir.templateDir(opts.cacheDir, packageVersion('@electric-sql/pglite'), opts.extensions);
+    const tdir = DataDir.templateDir(opts.cacheDir, packageVersion('@electric-sql/pglite'));
     try {
       const built = await server.buildTemplate(tdir);
       emit({ event: 'template', path: tdir, built });

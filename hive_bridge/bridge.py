@@ -78,7 +78,7 @@ class Bridge:
         memory: bool = False,
         host: str | None = None,
         port: int | None = None,
-        extensions: Sequence[str] = ("vector",),
+        extensions: Sequence[str] = ("all",),
         run_dir: str | Path | None = None,
         node: str | None = None,
         js_dir: str | Path | None = None,

@@ -46,7 +46,7 @@ class DaemonSpec:
 
     data_dir: Path
     origin: Origin = "auto"
-    extensions: tuple[str, ...] = ("vector",)
+    extensions: tuple[str, ...] = ("all",)
     settings: BridgeSettings = field(default_factory=BridgeSettings)
     options: SupervisorOptions = field(default_factory=SupervisorOptions)
 
@@ -80,7 +80,7 @@ class DaemonSpec:
         return cls(
             data_dir=Path(data["data_dir"]),
             origin=data.get("origin", "auto"),
-            extensions=tuple(data.get("extensions", ("vector",))),
+            extensions=tuple(data.get("extensions", ("all",))),
             settings=BridgeSettings(**settings),
             options=SupervisorOptions(**options),
         )

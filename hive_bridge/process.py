@@ -41,7 +41,7 @@ class SpawnSpec:
     log_path: Path
     password_file: Path | None
     lock_fd: int | None
-    extensions: tuple[str, ...] = ("vector",)
+    extensions: tuple[str, ...] = ("all",)
     admin_port: int = 0
     log_level: str = "INFO"
     socket_dir: Path | None = None

@@ -128,7 +128,7 @@ class ServerTarget:
     paths: RunPaths
     host: str = "127.0.0.1"
     port: int = 0
-    extensions: tuple[str, ...] = ("vector",)
+    extensions: tuple[str, ...] = ("all",)
     log_level: str = "INFO"
     origin: Origin = "api"
     socket_dir: Path | None = None

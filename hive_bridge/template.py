@@ -39,24 +39,21 @@ def cache_root(cache_dir: Path | None = None) -> Path:
     return Path(xdg) / "hive-bridge" if xdg else Path.home() / ".cache" / "hive-bridge"
 
 
-def template_dir(
-    pglite_version: str, extensions: tuple[str, ...] = ("vector",), cache_dir: Path | None = None
-) -> Path:
-    """Where bridge-js keeps the template for this PGlite version and extension set."""
-    ext = "+".join(sorted(extensions)) if extensions else "none"
-    return cache_root(cache_dir) / "templates" / f"pglite-{pglite_version}-{ext}"
+def template_dir(pglite_version: str, cache_dir: Path | None = None) -> Path:
+    """Where bridge-js keeps the template for this PGlite version (bridge-js/src/datadir.js): one per
+    version, since offering extensions does not change what initdb makes."""
+    return cache_root(cache_dir) / "templates" / f"pglite-{pglite_version}"
 
 
 def prepare_template(
     install: BridgeInstall,
     *,
-    extensions: tuple[str, ...] = ("vector",),
     cache_dir: Path | None = None,
     timeout: float = 300.0,
 ) -> TemplateInfo:
-    """Build the template unless it exists (``node server.js --prepare-template``)."""
+    """Build the template unless it exists (``node server.js --prepare-template``); this also extracts
+    the extension bundles into the cache once."""
     argv = [str(install.node), str(install.server_js), "--prepare-template"]
-    argv += ["--extensions", ",".join(extensions)]
     if cache_dir is not None:
         argv += ["--cache-dir", str(cache_dir)]
     result = subprocess.run(
@@ -74,7 +71,7 @@ def prepare_template(
             return TemplateInfo(path=Path(str(event["path"])), built=bool(event.get("built")))
     error = next((e for e in events if e.get("event") == "error"), {})
     raise BridgeStartError(
-        data_dir=str(template_dir(install.pglite_version, extensions, cache_dir)),
+        data_dir=str(template_dir(install.pglite_version, cache_dir)),
         reason="the data-dir template could not be built",
         exit_code=result.returncode,
         code=error.get("code"),

@@ -85,11 +85,18 @@ export function clearCrashLeftovers(dir, log) {
 
 // ---- pristine template: a cold start is a copy, not an initdb ----------------------------------------
 
-/** Where initialised templates are cached, keyed by PGlite version and extension set. */
-export function templateDir(cacheRoot, pgliteVersion, extensions) {
-  const root = cacheRoot || process.env.HIVE_BRIDGE_CACHE_DIR || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'hive-bridge');
-  const ext = extensions.length ? [...extensions].sort().join('+') : 'none';
-  return path.join(root, 'templates', `pglite-${pgliteVersion}-${ext}`);
+/** The cache directory: --cache-dir, else $HIVE_BRIDGE_CACHE_DIR, else $XDG_CACHE_HOME/hive-bridge or ~/.cache/hive-bridge. */
+export function cacheRoot(cacheDir) {
+  return cacheDir || process.env.HIVE_BRIDGE_CACHE_DIR || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'hive-bridge');
+}
+
+/**
+ * Where the initialised template is cached, keyed by PGlite version only: its content does not depend on
+ * the extensions a server offers (PGlite runs initdb without extensions, and offering one installs
+ * nothing: only CREATE EXTENSION does, in a data dir made from the template).
+ */
+export function templateDir(cacheDir, pgliteVersion) {
+  return path.join(cacheRoot(cacheDir), 'templates', `pglite-${pgliteVersion}`);
 }
 
 /** Copy a directory tree: cp -a where available (about twice as fast as fs.cpSync here). */
@@ -153,6 +160,19 @@ export function checkStamp(dir, pgliteVersion) {
       `open it with the hive-bridge version that has PGlite ${minor(stamp.pglite_version)}.x, dump it with pg_dump (PostgreSQL 18 or newer) while it runs, and load the dump into a new data dir; a file-level backup cannot cross PGlite versions`);
   }
   return stamp;
+}
+
+/**
+ * The stamp's `extensions` are those the server that last opened the data dir offered. That server
+ * refused to open it unless every extension installed in it was among them, and it cannot install one it
+ * does not offer, so every extension the data dir uses is listed (old stamps list only `vector`, which
+ * was all those servers could offer). Rewritten after an open whenever the offered set differs.
+ */
+export function stampIsCurrent(stamp, extensions) {
+  if (!stamp || !Array.isArray(stamp.extensions)) return false;
+  const a = [...stamp.extensions].sort();
+  const b = [...extensions].sort();
+  return a.length === b.length && a.every((e, i) => e === b[i]);
 }
 
 export function writeStamp(dir, info, extensions) {

@@ -8,25 +8,14 @@
 import { workerData, parentPort } from 'node:worker_threads';
 import { packageVersion } from './versions.js';
 import { Channel, OP_EXEC, OP_CLOSE } from './channel.js';
+import { pgliteExtensions } from './extensions.js';
 
-
-async function loadExtensions(names) {
-  const extensions = {};
-  for (const name of names) {
-    if (name === 'vector' || name === 'pgvector') {
-      const mod = await import('@electric-sql/pglite-pgvector');
-      extensions.vector = mod.vector;
-    } else {
-      throw new Error(`unknown extension "${name}" (this bridge bundles: vector)`);
-    }
-  }
-  return extensions;
-}
 
 async function open() {
   const { PGlite } = await import('@electric-sql/pglite');
-  const { dataDir, extensions: extNames, startParams } = workerData;
-  const options = { extensions: await loadExtensions(extNames) };
+  // `extensions` is a plan from extensions.js: every shipped extension is linked in, none is loaded yet.
+  const { dataDir, extensions: plan, startParams } = workerData;
+  const options = { extensions: pgliteExtensions(plan) };
   if (dataDir) options.dataDir = dataDir;
   if (startParams && startParams.length) options.startParams = startParams;
   const db = await PGlite.create(options);
