@@ -7,7 +7,8 @@
 // - nothing written: pg_current_xact_id_if_assigned() is NULL (this also covers SELECT FOR UPDATE/SHARE,
 //   nextval(), temp tables: they all assign a transaction id);
 // - no locks beyond AccessShareLock/virtualxid in pg_locks (LOCK TABLE, advisory transaction locks);
-// - no open cursor (pg_cursors) and no suspended portal;
+// - no open cursor or named portal (pg_cursors; a suspended *unnamed* portal, as asyncpg's fetchval()
+//   leaves one with its row limit, is not kept: drivers never resume it after Sync);
 // - no savepoint, no SET/RESET/set_config inside it (a ROLLBACK would undo them), no LISTEN/UNLISTEN/NOTIFY
 //   (they act at COMMIT), not aborted.
 // The front end rolls the backend transaction back; the client still sees status 'T'. Its next message first

@@ -25,9 +25,10 @@ import { Intercepts, mayIntercept } from './intercept.js';
 import { Interrupts, Interrupted } from './interrupt.js';
 import { Parking } from './parking.js';
 import { Janitor } from './janitor.js';
+import * as Mem from './memlimits.js';
 import {
   QUERY, PARSE, DESCRIBE, CLOSE, SYNC, FLUSH, TERMINATE, COPY_DATA, COPY_DONE, COPY_FAIL,
-  READY, ERROR, NOTIFICATION, COPY_IN, COMPLETE, SUSPENDED, EMPTY,
+  READY, ERROR, NOTIFICATION, COPY_IN, COMPLETE, SUSPENDED, EMPTY, PARAMETER_STATUS,
 } from './msgtypes.js';
 
 const BATCH_BYTES = 8 << 20;
@@ -224,6 +225,7 @@ export class Scheduler {
    * idle-writer warning is due), false when the idle-in-transaction timeout passed.
    */
   async waitIdle(s) {
+    if (s.inbox.length || s.closed) return true; // arrived while we were busy (a parking check)
     const limit = this.idleTimeoutFor(s);
     const now = Date.now();
     let ms = limit > 0 ? s.idleSince + limit - now : 0;
@@ -287,8 +289,9 @@ export class Scheduler {
       let sql;
       if (m.type === QUERY) {
         sql = querySql(m);
+        if (Mem.mayClamp(sql)) sql = this.clampMemory(s, m, sql);
         s.noteStatement(sql);
-      }
+      } else if (m.type === PARSE) this.clampParse(s, m);
       const out = this.statements.rewrite(s, m, ctx, gen, sql);
       parts.push(out);
       bytes += out.length;
@@ -297,6 +300,29 @@ export class Scheduler {
     s.takeInbox(n);
     if (parts.length) await this.runBatch(s, parts, ctx);
     return true;
+  }
+
+  /** SET of a memory setting above PGlite's 32-bit limit: lower it, warn instead of failing (memlimits.js). */
+  clampMemory(s, m, sql) {
+    const c = Mem.clampSet(sql);
+    if (!c) return sql;
+    s.send(c.notice);
+    m.buf = P.query(c.sql);
+    m.sql = c.sql;
+    return c.sql;
+  }
+
+  clampParse(s, m) {
+    const buf = m.buf;
+    const f = P.parseNameAt(buf, 5);
+    const end = buf.indexOf(0, f.end + 1);
+    if (end - f.end > 200) return;
+    const text = buf.toString('utf8', f.end + 1, end);
+    if (!Mem.mayClamp(text)) return;
+    const c = Mem.clampSet(text);
+    if (!c) return;
+    s.send(c.notice);
+    m.buf = P.replaceRange(buf, f.end + 1, end, c.sql);
   }
 
   async runBatch(s, parts, ctx, { stripCopyIn = false } = {}) {
@@ -333,7 +359,7 @@ export class Scheduler {
       this.unnamedGen = this.backend.generation;
     } else if (ctx.unnamed === 'gone') this.unnamedOwner = null;
     if (ctx.wiped) await this.intercepts.repairSession(s, ctx);
-    if (s.settingsDirty && s.txStatus !== 'E') await this.replay.snapshot(s);
+    if ((s.settingsDirty && s.txStatus !== 'E') || (s.settingsInTx && s.txStatus === 'I')) await this.replay.snapshot(s);
   }
 
   /** Write the backend's answer to the client: route notifications, fix names in errors, note state. */
@@ -356,7 +382,6 @@ export class Scheduler {
         if (s.txStatus === 'I') s.txTaint = null;
       } else if (type === SUSPENDED || type === EMPTY) {
         this.server.stats.queries += 1; // Execute with a row limit (asyncpg fetchval), or an empty query
-        if (type === SUSPENDED) s.txTaint ??= 'it has a suspended portal';
       } else if (type === COMPLETE) {
         this.server.stats.queries += 1;
         const c = out[start + 5];
@@ -382,6 +407,8 @@ export class Scheduler {
           fields.M = s.clientNames(fields.M).split('"?"').join(`"${s.missingName ?? ''}"`);
           cut(start, end, P.rebuildError(ERROR, fields));
         }
+      } else if (type === PARAMETER_STATUS) {
+        s.settingsDirty = true; // a reported setting changed, however (set_config(), inside a function)
       } else if (type === COPY_IN && stripCopyIn) {
         stripCopyIn = false; // the client already got our CopyInResponse
         cut(start, end, null);

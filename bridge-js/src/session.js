@@ -8,6 +8,7 @@ import { randomInt } from 'node:crypto';
 import * as P from './protocol.js';
 import { ScramExchange, ScramError } from './scram.js';
 import { parseStartupOptions } from './sql.js';
+import { clampStartup } from './memlimits.js';
 
 const AUTH_SASL_INITIAL = 'initial';
 const AUTH_SASL_FINAL = 'final';
@@ -79,7 +80,10 @@ export class Session {
     this.lastStatement = text;
     this.lastStatementAt = Date.now();
     // set_config() and pg_notify() inside an open transaction: a ROLLBACK would undo them
-    if (text.length < 65536 && /set_config|pg_notify/i.test(text)) this.txTaint ??= 'it called set_config() or pg_notify()';
+    if (text.length < 65536 && /set_config|pg_notify/i.test(text)) {
+      this.txTaint ??= 'it called set_config() or pg_notify()';
+      if (/set_config/i.test(text)) this.settingsDirty = true; // read back after it ran (settings.js)
+    }
   }
 
   lastStatementText(max) {
@@ -107,6 +111,7 @@ export class Session {
       tx_status: this.txStatus,
       holding: sched.holder === this,
       parked: !!this.parked,
+      park_refused: this.parkRefused,
       waiting: !!this.queued,
       connected_ms: now - this.connectedAt,
       since_ms: sched.holder === this ? now - this.heldSince : this.queued ? now - this.queuedSince : this.parked ? now - this.parked.since : null,
@@ -271,6 +276,7 @@ export class Session {
         if (!NOT_SETTINGS.has(k) && !k.startsWith('_pq_.')) this.startupSettings.set(k, v);
       }
       if (pkt.params.options) for (const [k, v] of parseStartupOptions(pkt.params.options)) this.startupSettings.set(k, v);
+      clampStartup(this.startupSettings, this.log);
     } catch (err) {
       this.fatal('42601', err.message);
       return;
