@@ -9,13 +9,16 @@ that range) cannot be holding it when the server starts again.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["pick_port", "read_port", "record_port"]
+__all__ = ["StablePort", "pick_port", "read_port", "record_port"]
+
+log = logging.getLogger("hive_bridge.address")
 
 #: where a first port is looked for, when the ephemeral range cannot be read
 _FALLBACK_RANGE = (20000, 32767)
@@ -72,3 +75,41 @@ def pick_port(host: str, attempts: int = 50) -> int:
         if _free(host, port):
             return port
     return 0
+
+
+class StablePort:
+    """The port of one supervised server: ``configured`` (``HIVE_BRIDGE_PORT``) if not 0, else the
+    one recorded in ``port_file`` (``None`` for an in-memory database: nothing is kept)."""
+
+    def __init__(self, configured: int, port_file: Path | None, host: str) -> None:
+        self.port_file = port_file
+        self.host = host
+        self.port = configured
+        self.recorded = False
+        if not configured and port_file is not None:
+            found = read_port(port_file)
+            self.port, self.recorded = found or 0, found is not None
+
+    def for_spawn(self) -> int:
+        """The port to start on; a data dir's first start picks (and will record) one here."""
+        if not self.port and self.port_file is not None:
+            self.port = pick_port(self.host)
+        return self.port
+
+    def served(self, port: int) -> None:
+        """The server listens on ``port``: remember it, and record it for the next start."""
+        self.port = port
+        if self.port_file is None or self.recorded:
+            return
+        try:
+            record_port(self.port_file, port)
+        except OSError as exc:
+            log.warning("cannot record the port in %s: %s", self.port_file, exc)
+            return
+        self.recorded = True
+
+    def taken(self) -> int:
+        """The recorded port is taken by another program: forget it (the OS picks a new one, which
+        is then recorded instead). Returns the old port."""
+        old, self.port, self.recorded = self.port, 0, False
+        return old

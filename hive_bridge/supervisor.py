@@ -3,11 +3,8 @@
 States: STOPPED → STARTING → RUNNING; a failed start goes to BACKOFF and is retried with exponential
 backoff (``startretries`` times, then FATAL); an unexpected exit goes EXITED → BACKOFF → STARTING.
 
-Restart policy: a server that reached RUNNING once is never given up on. After an unexpected exit it
-is restarted at once (the first ``immediate_restarts`` times in a row), with exponential backoff
-(``backoff_min`` … ``backoff_max``) only while it keeps dying within ``startsecs`` of its start, like
-Kubernetes' CrashLoopBackOff. FATAL is only for a server that never got to RUNNING (after
-``startretries`` retries, or at once for an error no retry can fix), and for those errors later.
+The restart policy is :mod:`hive_bridge.policy`'s: a server that reached RUNNING once is never
+given up on; FATAL is only for a server that cannot get to RUNNING.
 
 Liveness is the watchdog's (:mod:`hive_bridge.watchdog`): Node is restarted only when its admin
 endpoint stops answering, never because the backend is busy with a statement.
@@ -20,28 +17,22 @@ handlers) only set a flag; the monitor thread acts on it.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
-import signal
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tenacity
-
 from . import __version__
-from .address import pick_port, read_port, record_port
-from .config import BridgeSettings
+from .address import StablePort
 from .dsn import libpq_dsn
-from .errors import BridgeFatalError, BridgeStartError, PortInUseError, display_path
+from .errors import BridgeFatalError, BridgeStartError, PortInUseError
 from .locate import BridgeInstall
 from .lock import DataDirLock
 from .logs import LOGGER_NAME, LogTailer, rotate_log
-from .paths import RunPaths
+from .policy import RestartPolicy, ServerTarget, State, SupervisorOptions, describe_exit
 from .process import NodeProcess, SpawnSpec, read_log_tail
 from .readiness import NON_RETRYABLE_CODES, ReadyInfo, StartCancelled, wait_ready
 from .statefile import BridgeState, Origin, process_create_time, remove_state, write_state
@@ -53,122 +44,6 @@ log = logging.getLogger("hive_bridge.supervisor")
 NAME = "hive-bridge"
 #: how often a RUNNING server's logs are checked for rotation (seconds)
 LOG_CHECK_INTERVAL = 10.0
-
-
-class State(enum.StrEnum):
-    STOPPED = "STOPPED"
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    BACKOFF = "BACKOFF"
-    STOPPING = "STOPPING"
-    EXITED = "EXITED"
-    FATAL = "FATAL"
-
-
-@dataclass(frozen=True)
-class SupervisorOptions:
-    """Timing knobs (seconds), named after their supervisord counterparts where there is one.
-
-    The watchdog and autovacuum knobs come from ``HIVE_BRIDGE_*`` (:meth:`from_settings`).
-    """
-
-    startsecs: float = 5.0
-    startretries: int = 3
-    stopwaitsecs: float = 10.0
-    start_timeout: float = 60.0
-    backoff_min: float = 0.1
-    backoff_max: float = 5.0
-    #: restarts right after an unexpected exit before backoff starts (while it keeps dying early)
-    immediate_restarts: int = 2
-    #: the watchdog: ask /health every ``health_interval``; ``health_failures`` unanswered in a row
-    #: (``health_timeout`` each) mean Node is hung. A busy backend always answers.
-    health_interval: float = 2.0
-    health_timeout: float = 5.0
-    health_failures: int = 3
-    hang_kill_wait: float = 2.0
-    #: a statement running this long is mentioned at INFO (never restarted for it)
-    busy_notice: float = 60.0
-    #: autovacuum between client turns: look every ``vacuum_interval`` (0 = off), vacuum tables with
-    #: n_dead_tup > vacuum_threshold + vacuum_scale_factor * reltuples (PostgreSQL's formula)
-    vacuum_interval: float = 10.0
-    vacuum_threshold: int = 50
-    vacuum_scale_factor: float = 0.2
-    #: a shared (on-demand) server looks for live users this often, and stops once it has had
-    #: none for ``idle_grace`` seconds
-    idle_check_interval: float = 1.0
-    idle_grace: float = 2.0
-
-    @classmethod
-    def from_settings(cls, settings: BridgeSettings) -> SupervisorOptions:
-        """The defaults, with the ``HIVE_BRIDGE_*`` settings that are set."""
-        names = (
-            "health_interval",
-            "health_timeout",
-            "health_failures",
-            "vacuum_interval",
-            "vacuum_threshold",
-            "vacuum_scale_factor",
-        )
-        given = {n: getattr(settings, n) for n in names if getattr(settings, n, None) is not None}
-        return cls(**given)
-
-    @property
-    def start_budget(self) -> float:
-        """The longest a start can take, all retries and backoffs included (plus a margin)."""
-        return (
-            self.start_timeout * (self.startretries + 1) + self.backoff_max * self.startretries + 30
-        )
-
-
-@dataclass(frozen=True)
-class ServerTarget:
-    """What to run: the data dir (``None`` = in-memory), its run paths, address and extensions."""
-
-    data_dir: Path | None
-    paths: RunPaths
-    host: str = "127.0.0.1"
-    port: int = 0
-    extensions: tuple[str, ...] = ("all",)
-    log_level: str = "INFO"
-    origin: Origin = "api"
-    socket_dir: Path | None = None
-    allow_remote: bool = False
-    cache_dir: Path | None = None
-    #: supervised by a detached ``hive-bridge supervise`` process (its output: supervisor.log)
-    detached: bool = False
-
-    @property
-    def label(self) -> str:
-        return display_path(self.data_dir)
-
-
-@dataclass
-class _Counters:
-    #: failed starts in a row, before the server first got to RUNNING
-    failures: int = 0
-    #: unexpected exits and failed restarts in a row, each soon after its start
-    quick_deaths: int = 0
-    restarts: int = 0
-    last_exit: str | None = None
-    last_exit_at: float | None = None
-
-
-def _backoff(failures: int, options: SupervisorOptions) -> float:
-    wait = tenacity.wait_exponential(
-        multiplier=options.backoff_min, min=options.backoff_min, max=options.backoff_max
-    )
-    state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
-    state.attempt_number = max(1, failures)
-    return float(wait(state))
-
-
-def _describe_exit(status: int) -> str:
-    if status < 0:
-        try:
-            return f"terminated by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"terminated by signal {-status}"
-    return f"exit status {status}"
 
 
 class Supervisor:
@@ -194,15 +69,14 @@ class Supervisor:
         self._proc: NodeProcess | None = None
         self._ready: ReadyInfo | None = None
         #: the port to listen on: the configured one, else the one recorded for this data dir
-        self._port = target.port
-        self._port_recorded = False
-        if not self._port and target.data_dir is not None:
-            recorded = read_port(target.paths.port_file)
-            self._port = recorded or 0
-            self._port_recorded = recorded is not None
+        self._address = StablePort(
+            target.port,
+            None if target.data_dir is None else target.paths.port_file,
+            target.host,
+        )
         self._generation = 0
         self._hung: tuple[int, str] | None = None
-        self._counters = _Counters()
+        self._policy = RestartPolicy(self.options)
         self._fatal_error: BridgeStartError | None = None
         self._started_wall: float | None = None
         self._running_since: float | None = None
@@ -235,7 +109,7 @@ class Supervisor:
     @property
     def port(self) -> int | None:
         """The port, known after the first successful start (and kept across restarts)."""
-        return self._port if self._ready is not None else (self._port or None)
+        return self._address.port if self._ready is not None else (self._address.port or None)
 
     @property
     def admin_port(self) -> int | None:
@@ -248,7 +122,7 @@ class Supervisor:
 
     @property
     def restarts(self) -> int:
-        return self._counters.restarts
+        return self._policy.restarts
 
     @property
     def fatal_error(self) -> BridgeStartError | None:
@@ -278,7 +152,7 @@ class Supervisor:
     def dsn(self) -> str:
         if self._ready is None:
             raise RuntimeError("the server has not started yet")
-        return libpq_dsn(self.target.host, self._port, self.password)
+        return libpq_dsn(self.target.host, self._address.port, self.password)
 
     # ------------------------------------------------------------------------- control
 
@@ -397,9 +271,7 @@ class Supervisor:
             self._wake.set()
 
     def _loop(self) -> None:
-        opts = self.options
-        counters = self._counters
-        ever_ran = False
+        policy = self._policy
         while not self._stop_requested:
             self._transition(State.STARTING)
             try:
@@ -407,91 +279,63 @@ class Supervisor:
             except StartCancelled:
                 return
             except BridgeStartError as err:
-                if not ever_ran and isinstance(err, PortInUseError) and self._port_recorded:
+                action, delay = policy.start_failed(err, port_recorded=self._address.recorded)
+                if action == "new_port":
                     self._port_taken(err)
                     continue
-                cause = (
-                    f"{_describe_exit(err.exit_code)}; not expected"
-                    if err.exit_code is not None
-                    else "did not get ready"
-                )
-                if err.code in NON_RETRYABLE_CODES:
-                    self._give_up(err, "the error cannot be fixed by a retry")
-                    return
-                if ever_ran:
-                    # it ran before: never give up (a retry may well succeed, e.g. once a full
-                    # disk has room again); back off while it keeps failing
-                    counters.quick_deaths += 1
-                    self._record_exit(f"restart failed: {cause}: {err.reason}")
-                    log.warning("start failed: %s (%s); retrying", err.reason, cause)
-                    if self._backoff(self._restart_delay()):
-                        return
-                    continue
-                counters.failures += 1
                 if err.exit_code is not None:
-                    log.info("exited: %s (%s)", NAME, cause)
-                # before the first successful start, a taken port or a data dir PGlite cannot open
-                # will not change by retrying
-                if isinstance(err, PortInUseError) or err.code == "open_failed":
-                    self._give_up(err, "the error cannot be fixed by a retry")
+                    log.info("exited: %s (%s; not expected)", NAME, describe_exit(err.exit_code))
+                if action == "fatal":
+                    self._give_up(*self._fatal(err, policy.failures))
                     return
-                if counters.failures > opts.startretries:
-                    self._give_up(
-                        BridgeFatalError.from_error(
-                            err,
-                            reason="too many start retries too quickly",
-                            attempts=counters.failures,
-                        ),
-                        "too many start retries too quickly",
-                    )
-                    return
-                log.info("start failed: %s", err.reason)
-                if self._backoff(_backoff(counters.failures, opts)):
+                log.log(
+                    logging.WARNING if policy.ever_ran else logging.INFO,
+                    "start failed: %s; retrying in %.2fs",
+                    err.reason,
+                    delay,
+                )
+                if self._backoff(delay):
                     return
                 continue
-            ever_ran = True
-            outcome = self._watch(proc)
-            if outcome == "stop":
+            policy.running()
+            cause = self._watch(proc)
+            if cause is None:
                 return
-            counters.restarts += 1
             ran = proc.uptime()
-            counters.quick_deaths = counters.quick_deaths + 1 if ran < opts.startsecs else 0
-            delay = self._restart_delay()
+            delay = policy.exited(ran, cause)
             self._transition(State.EXITED)
             log.warning(
                 "exited: %s (%s); restart %d %s (it ran %.1fs)",
                 NAME,
-                outcome,
-                counters.restarts,
+                cause,
+                policy.restarts,
                 "now" if delay == 0 else f"in {delay:.1f}s",
                 ran,
             )
             if delay and self._backoff(delay):
                 return
 
-    def _restart_delay(self) -> float:
-        """0 for the first ``immediate_restarts`` early deaths in a row, then exponential backoff."""
-        extra = self._counters.quick_deaths - self.options.immediate_restarts
-        return 0.0 if extra <= 0 else _backoff(extra, self.options)
+    def _fatal(self, err: BridgeStartError, attempts: int) -> tuple[BridgeStartError, str]:
+        """The error to raise for a start that gave up, and why it gave up."""
+        if err.code in NON_RETRYABLE_CODES or err.code == "open_failed":
+            return err, "the error cannot be fixed by a retry"
+        if isinstance(err, PortInUseError):
+            return err, "the error cannot be fixed by a retry"
+        why = "too many start retries too quickly"
+        return BridgeFatalError.from_error(err, reason=why, attempts=attempts), why
 
-    def _record_exit(self, cause: str) -> None:
-        with self._cond:
-            self._counters.last_exit = cause
-            self._counters.last_exit_at = time.time()
-
-    def _port_taken(self, err: PortInUseError) -> None:
+    def _port_taken(self, err: BridgeStartError) -> None:
         """The recorded port is taken by another program: pick a new one (documented fallback)."""
-        owner = f" by process {err.owner_pid} ({err.owner_name})" if err.owner_pid else ""
+        owner = getattr(err, "owner_pid", None)
+        by = f" by process {owner} ({getattr(err, 'owner_name', None)})" if owner else ""
         log.warning(
             "port %s:%d, recorded for data dir %s, is taken%s; listening on a new port instead "
             "(DSNs saved with the old port must be updated: hive-bridge url)",
             self.target.host,
-            self._port,
+            self._address.taken(),
             self.target.label,
-            owner,
+            by,
         )
-        self._port = 0
-        self._port_recorded = False
 
     def _backoff(self, delay: float) -> bool:
         """Enter BACKOFF and sleep ``delay``; True if a stop was requested meanwhile."""
@@ -505,13 +349,11 @@ class Supervisor:
         return self._stop_requested
 
     def _start_once(self) -> NodeProcess:
-        if not self._port and self.target.data_dir is not None:
-            self._port = pick_port(self.target.host)  # a first start: this becomes its port
         spec = SpawnSpec(
             install=self.install,
             data_dir=self.target.data_dir,
             host=self.target.host,
-            port=self._port,
+            port=self._address.for_spawn(),
             log_path=self.target.paths.server_log,
             password_file=self.target.paths.password,
             lock_fd=self._lock.fd if self._lock is not None else None,
@@ -547,45 +389,35 @@ class Supervisor:
             raise
         with self._cond:
             self._ready = ready
-            self._port = ready.port
+            self._address.served(ready.port)
             self._running_since = time.time()
-        if self.target.data_dir is not None and not self._port_recorded:
-            try:
-                record_port(self.target.paths.port_file, ready.port)
-                self._port_recorded = True
-            except OSError as exc:
-                log.warning("cannot record the port in %s: %s", self.target.paths.port_file, exc)
         self._transition(
             State.RUNNING,
             f"pid {proc.pid} serves SQL on {self.target.host}:{ready.port}",
         )
         return proc
 
-    def _watch(self, proc: NodeProcess) -> str:
-        """Wait while RUNNING; returns ``stop``, or the cause of an unexpected exit (supervisord
-        wording: ``terminated by SIGKILL; not expected``), also recorded for ``status``."""
+    def _watch(self, proc: NodeProcess) -> str | None:
+        """Wait while RUNNING; returns ``None`` for a stop, else the cause of the unexpected exit
+        (supervisord wording: ``terminated by SIGKILL; not expected``)."""
         generation = self._generation
         reset = False
         next_rotation = 0.0
         while True:
             if self._stop_requested:
-                return "stop"
+                return None
             status = proc.poll()
             if status is not None:
-                cause = f"{_describe_exit(status)}; not expected"
-                self._record_exit(cause)
-                return cause
+                return f"{describe_exit(status)}; not expected"
             hung = self._hung
             if hung is not None and hung[0] == generation:
                 log.warning(
                     "unhealthy: %s pid %d: %s; killing it to restart", NAME, proc.pid, hung[1]
                 )
                 status = proc.terminate(self.options.hang_kill_wait)
-                cause = f"{_describe_exit(status)}; killed as hung: {hung[1]}"
-                self._record_exit(cause)
-                return cause
+                return f"{describe_exit(status)}; killed as hung: {hung[1]}"
             if not reset and proc.uptime() >= self.options.startsecs:
-                self._counters.failures = 0
+                self._policy.stayed_up()
                 reset = True
             now = time.monotonic()
             if now >= next_rotation:
@@ -617,7 +449,7 @@ class Supervisor:
         if proc.alive:
             self._transition(State.STOPPING)
         status = proc.terminate(self._stop_wait(), abort=lambda: self._force)
-        log.info("stopped: %s (%s)", NAME, _describe_exit(status))
+        log.info("stopped: %s (%s)", NAME, describe_exit(status))
 
     # ------------------------------------------------------------------------- watchdog
 
@@ -631,7 +463,7 @@ class Supervisor:
                 generation=self._generation,
                 pid=proc.pid,
                 admin_port=ready.admin_port,
-                dsn=libpq_dsn(self.target.host, self._port, self.password),
+                dsn=libpq_dsn(self.target.host, self._address.port, self.password),
             )
 
     def _on_hung(self, generation: int, why: str) -> None:
@@ -678,7 +510,7 @@ class Supervisor:
             state=state.value,
             data_dir=None if self.target.data_dir is None else str(self.target.data_dir),
             host=self.target.host,
-            port=self._port if ready is not None else None,
+            port=self._address.port if ready is not None else None,
             admin_port=ready.admin_port if ready is not None else None,
             node_pid=proc.pid if proc is not None and node_alive else None,
             node_create_time=(
@@ -686,9 +518,9 @@ class Supervisor:
             ),
             started_at=self._started_wall,
             running_since=self._running_since if self._state is State.RUNNING else None,
-            restarts=self._counters.restarts,
-            last_exit=self._counters.last_exit,
-            last_exit_at=self._counters.last_exit_at,
+            restarts=self._policy.restarts,
+            last_exit=self._policy.last_exit,
+            last_exit_at=self._policy.last_exit_at,
             versions=versions,
             log_path=str(self.target.paths.server_log),
             supervisor_log_path=(

@@ -107,6 +107,18 @@ def test_start_status_url_stop(fresh_data_dir: Path) -> None:
     assert run_cli("status", "--data-dir", data_dir).returncode == 3
     assert run_cli("stop", "--data-dir", data_dir).returncode == 0  # idempotent
 
+    # a data dir keeps its address: the DSN saved from the first start works after the next one
+    assert (fresh_data_dir.parent / "hive.db.bridge" / "port").read_text().strip() == str(
+        report["port"]
+    )
+    restart = run_cli("start", "--data-dir", data_dir)
+    try:
+        assert restart.returncode == 0, restart.stderr
+        assert restart.stdout.strip() == dsn
+        assert sql(dsn, "SELECT 43") == 43
+    finally:
+        assert run_cli("stop", "--data-dir", data_dir).returncode == 0
+
 
 def test_data_dir_defaults_to_hive_database_url(fresh_data_dir: Path, tmp_path: Path) -> None:
     app = tmp_path / "app"
