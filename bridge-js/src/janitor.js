@@ -17,12 +17,17 @@ export class Janitor {
     const parts = [];
     // a parked transaction has nothing on the backend to roll back
     const rollback = !s.parked && (s.txStatus !== 'I' || !s.atSyncBoundary);
-    if (rollback) parts.push(P.sync(), P.query('ROLLBACK'));
+    // ROLLBACK before the Sync: a Sync would commit an unfinished batch's implicit transaction, which
+    // PostgreSQL rolls back when its client goes. (While the backend skips to Sync after an error the
+    // first ROLLBACK is ignored; the second ends an explicit transaction.)
+    if (rollback) parts.push(P.query('ROLLBACK'), P.sync(), P.query('ROLLBACK'));
     for (const st of s.statements.values()) if (st.gen === gen) parts.push(P.closeStatement(st.bname));
     if (parts.length) {
       parts.push(P.sync());
       await sched.exec(s, Buffer.concat(parts));
       if (rollback || sched.unnamedOwner === s) sched.unnamedOwner = null; // a Query drops the unnamed statement
+      // the rollback undid settings changed in that transaction: what the backend has is no longer known
+      if (rollback && (s.settingsDirty || s.settingsInTx)) sched.replay.unknown = true;
     }
   }
 

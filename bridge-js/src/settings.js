@@ -2,7 +2,12 @@
 //
 // `applied` is what the backend session has beyond its baseline right now. When a client gets the backend
 // after someone else, switchTo() resets the other client's settings and applies this one's (one Query).
-// A client's SET/RESET is read back from pg_settings after it ran (snapshot()), so it is replayed exactly.
+// A client's SET/RESET, a statement of it that calls set_config(), and any change of a reported parameter
+// (ParameterStatus, e.g. from inside a function) make the front end read its settings back from
+// pg_settings after it ran (snapshot()), so they are replayed exactly; read inside a transaction, they are
+// read again once it ended (SET LOCAL and a rollback undo settings). When a client leaves in a transaction
+// that changed settings, the rollback makes the backend's settings unknown: the next switchTo() starts
+// with RESET ALL. Settings changed in ways none of these see are not tracked (README).
 //
 // Startup settings (startup packet parameters and `options=-c ...`) are settings like any other. A new
 // connection is answered by the front end without waiting for the backend: the ParameterStatus values for
@@ -23,22 +28,25 @@ export class SettingsReplay {
   constructor(sched) {
     this.sched = sched;
     this.applied = new Map(); // settings currently applied on the backend beyond its baseline
+    this.unknown = false; // the backend may have settings `applied` does not know: RESET ALL first
     this.startupReports = new Map(); // startup settings (JSON) -> reported parameters
   }
 
   /** The backend session lost everything (restart, DISCARD ALL): nothing is applied. */
   forget() {
     this.applied = new Map();
+    this.unknown = false;
   }
 
   /** Make the backend's session settings this client's: reset others' changes, apply its own. */
   async switchTo(s) {
     const resets = [];
     const sets = [];
+    const unknown = this.unknown;
     for (const k of this.applied.keys()) if (!s.settings.has(k)) resets.push(k);
-    for (const [k, v] of s.settings) if (this.applied.get(k) !== v) sets.push([k, v]);
-    if (!resets.length && !sets.length) return null;
-    const stmts = resets.map((k) => `RESET ${SQL.quoteIdent(k)}`);
+    for (const [k, v] of s.settings) if (unknown || this.applied.get(k) !== v) sets.push([k, v]);
+    if (!resets.length && !sets.length && !unknown) return null;
+    const stmts = unknown ? ['RESET ALL'] : resets.map((k) => `RESET ${SQL.quoteIdent(k)}`);
     if (sets.length) stmts.push(`SELECT ${sets.map(([k, v]) => `set_config(${SQL.quoteLiteral(k)}, ${SQL.quoteLiteral(v)}, false)`).join(', ')}`);
     const out = await this.sched.execInternal(s, P.query(stmts.join('; ')));
     const err = P.parseMessages(out).find((msg) => msg.type === ERROR);
@@ -47,6 +55,7 @@ export class SettingsReplay {
       return err.fields;
     }
     this.applied = new Map(s.settings);
+    this.unknown = false;
     return null;
   }
 
@@ -57,7 +66,10 @@ export class SettingsReplay {
     for (const msg of P.parseMessages(out)) if (msg.type === DATA_ROW) settings.set(msg.values[0], msg.values[1]);
     s.settings = settings;
     s.settingsDirty = false;
+    // inside a transaction this includes SET LOCAL and what a ROLLBACK undoes: read again once it ended
+    s.settingsInTx = s.txStatus !== 'I';
     this.applied = new Map(settings);
+    this.unknown = false;
   }
 
   /** Cached ParameterStatus values for a set of startup settings, if already known. */

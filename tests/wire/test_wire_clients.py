@@ -34,7 +34,11 @@ def _dsn(server: WireServer, app: str) -> str:
 
 
 def _admin(
-    server: WireServer, method: str, path: str, body: dict[str, Any] | None = None, token: bool = True
+    server: WireServer,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    token: bool = True,
 ) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(
         f"http://127.0.0.1:{server.admin_port}{path}",
@@ -126,7 +130,7 @@ def test_terminate_a_running_statement(server: WireServer) -> None:
     def sleep() -> None:
         try:
             victim.execute("SELECT pg_sleep(60)")
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:  # handed to the test thread
             outcome.append(exc)
 
     thread = threading.Thread(target=sleep)
