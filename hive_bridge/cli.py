@@ -47,6 +47,7 @@ from .locate import check_js_dir, default_js_dir, locate
 from .lock import is_locked, read_lock_owner
 from .logs import configure_logging
 from .migrate import env_lines, migrate_from, migrate_to, restore_dump, update_env
+from .node import describe_running_node
 from .paths import RunPaths, read_password, run_paths_for
 from .statefile import BridgeState, process_matches, read_live_state, remove_state
 from .status import status_report
@@ -159,9 +160,8 @@ def _describe(state: BridgeState) -> str:
 
 def _pin(paths: RunPaths, state: BridgeState) -> bool:
     """Ask an on-demand supervisor to run until ``hive-bridge stop`` (SIGUSR1); True once it did."""
-    cmdline = _cmdline(state.supervisor_pid)
-    if "hive_bridge" not in cmdline or "supervise" not in cmdline:
-        return False  # not our detached supervisor: SIGUSR1 would kill it
+    if state.supervisor_log_path is None:
+        return False  # not a detached supervisor (one inside an app): SIGUSR1 would kill it
     if not process_matches(state.supervisor_pid, state.supervisor_create_time):
         return False
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -414,6 +414,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  restarts {state.restarts}{_last_exit(state)}, node RSS "
         + (f"{rss / 1024 / 1024:.0f} MB" if isinstance(rss, int) else "-"),
         "  versions: " + ", ".join(f"{k} {v}" for k, v in sorted(state.versions.items())),
+        "  "
+        + describe_running_node(state.node_pid, state.versions.get("node"), target.settings.node),
         f"  server log: {state.log_path}",
     ]
     if state.supervisor_log_path:

@@ -21,7 +21,8 @@ from pathlib import Path
 from . import __version__
 from .config import BridgeSettings, load_bridge_settings
 from .errors import BridgeNotFoundError, ConfigError, HiveBridgeError
-from .locate import check_js_dir, default_js_dir, find_node, node_version
+from .locate import check_js_dir, default_js_dir
+from .node import select_node
 from .paths import MAX_SOCKET_PATH, run_paths_for, socket_dir_for, socket_path_length
 from .statefile import read_live_state
 from .template import template_dir
@@ -118,9 +119,12 @@ def run_doctor(
             return False
     config = settings
 
+    chosen: dict[str, Path] = {}
+
     def node() -> str:
-        path = find_node(config.node)
-        return f"{path} v{node_version(path)}"
+        choice = select_node(config.node)
+        chosen["node"] = choice.path
+        return choice.describe()
 
     doctor.check("node", node)
     js_dir = config.js_dir or default_js_dir()
@@ -167,7 +171,9 @@ def run_doctor(
             f"not built yet at {path}: the first start of a new data dir runs initdb (~3.5 s "
             f"instead of ~0.1 s)"
             + ("" if writable else f", and {parent} is not writable, so it never will be")
-            + ". Fix: make install, or: node "
+            + ". Fix: make install (in a checkout), or: "
+            + shlex.quote(str(chosen.get("node", "node")))
+            + " "
             + shlex.quote(str(js_dir / "server.js"))
             + " --prepare-template"
             + ("" if writable else " --cache-dir DIR (or set HIVE_BRIDGE_CACHE_DIR=DIR)")

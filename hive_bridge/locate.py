@@ -1,5 +1,9 @@
 """Find Node.js and the bundled ``bridge-js`` server, or explain exactly what is missing.
 
+bridge-js is looked for in ``HIVE_BRIDGE_JS_DIR``, else ``hive_bridge/_bridge_js/`` (an installed
+wheel carries it there, see ``setup.py``), else ``bridge-js/`` next to the package (a checkout).
+Node is picked by :func:`hive_bridge.node.select_node`.
+
 Every cause has its own :class:`BridgeNotFoundError` (``.cause``) naming what was looked for, where,
 and the command that fixes it.
 """
@@ -7,30 +11,33 @@ and the command that fixes it.
 from __future__ import annotations
 
 import json
-import os
-import re
+import logging
 import shlex
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import BridgeNotFoundError
+from .node import MIN_NODE_MAJOR, NodeChoice, find_node, node_version, select_node
 
 __all__ = [
+    "BUNDLED_JS_DIR_NAME",
     "MIN_NODE_MAJOR",
     "BridgeInstall",
+    "bundled_js_dir",
     "check_js_dir",
+    "checkout_js_dir",
     "default_js_dir",
     "find_node",
     "locate",
     "node_version",
 ]
 
-MIN_NODE_MAJOR = 20
+log = logging.getLogger("hive_bridge.locate")
+
 PGLITE_PACKAGE = "@electric-sql/pglite"
-_NODE_FIX = "install Node.js >= 20 (apt-get install nodejs) or set HIVE_BRIDGE_NODE to its path"
+#: where the wheel carries bridge-js (with its pruned node_modules), inside the package
+BUNDLED_JS_DIR_NAME = "_bridge_js"
 
 
 @dataclass(frozen=True)
@@ -41,106 +48,40 @@ class BridgeInstall:
     node_version: str
     js_dir: Path
     pglite_version: str
+    #: which rule picked ``node`` and why (:meth:`hive_bridge.node.NodeChoice.describe`)
+    node_choice: NodeChoice | None = None
 
     @property
     def server_js(self) -> Path:
         return self.js_dir / "server.js"
 
 
-def default_js_dir() -> Path:
-    """``bridge-js/`` next to the ``hive_bridge`` package (the repository layout)."""
+def _package_dir() -> Path:
     import hive_bridge
 
-    return Path(hive_bridge.__file__).resolve().parent.parent / "bridge-js"
+    return Path(hive_bridge.__file__).resolve().parent
+
+
+def bundled_js_dir() -> Path:
+    """``hive_bridge/_bridge_js/``: bridge-js as an installed wheel carries it."""
+    return _package_dir() / BUNDLED_JS_DIR_NAME
+
+
+def checkout_js_dir() -> Path:
+    """``bridge-js/`` next to the ``hive_bridge`` package (a checkout, or an editable install)."""
+    return _package_dir().parent / "bridge-js"
+
+
+def default_js_dir() -> Path:
+    """The bridge-js an installed wheel carries if there is one, else the checkout's."""
+    bundled = bundled_js_dir()
+    return bundled if (bundled / "server.js").is_file() else checkout_js_dir()
 
 
 def _npm_fix(js_dir: Path) -> str:
+    if js_dir.name == BUNDLED_JS_DIR_NAME:
+        return "reinstall hive-bridge (pip install --force-reinstall hive-bridge)"
     return f"run `make install` in the repository, or: npm ci --prefix {shlex.quote(str(js_dir))}"
-
-
-# ------------------------------------------------------------------------------------- node
-
-
-def find_node(setting: str | None = None) -> Path:
-    """The node executable: ``HIVE_BRIDGE_NODE`` if set (a path or a name on PATH), else ``node``."""
-    if setting:
-        if os.sep in setting:
-            path = Path(setting).expanduser()
-            if not path.exists():
-                raise BridgeNotFoundError(
-                    cause="node_missing",
-                    what=f"HIVE_BRIDGE_NODE={setting} does not exist",
-                    looked_in=str(path),
-                    fix=_NODE_FIX,
-                )
-            if path.is_dir() or not os.access(path, os.X_OK):
-                raise BridgeNotFoundError(
-                    cause="node_not_executable",
-                    what=f"HIVE_BRIDGE_NODE={setting} is not an executable file",
-                    looked_in=str(path),
-                    fix=f"chmod +x {shlex.quote(str(path))}, or {_NODE_FIX}",
-                )
-            return path.absolute()
-        found = shutil.which(setting)
-        if found is None:
-            raise BridgeNotFoundError(
-                cause="node_missing",
-                what=f"HIVE_BRIDGE_NODE={setting} is not found on PATH",
-                looked_in=f"PATH={os.environ.get('PATH', '')}",
-                fix=_NODE_FIX,
-            )
-        return Path(found)
-    found = shutil.which("node")
-    if found is None:
-        raise BridgeNotFoundError(
-            cause="node_missing",
-            what="Node.js (`node`) is not found on PATH",
-            looked_in=f"PATH={os.environ.get('PATH', '')}",
-            fix=_NODE_FIX,
-        )
-    return Path(found)
-
-
-def node_version(node: Path) -> str:
-    """Run ``node --version`` and check it is >= 20; returns e.g. ``20.20.2``."""
-    try:
-        out = subprocess.run(
-            [str(node), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BridgeNotFoundError(
-            cause="node_broken",
-            what=f"`{node} --version` could not run ({exc})",
-            looked_in=str(node),
-            fix=_NODE_FIX,
-        ) from exc
-    text = (out.stdout or "").strip()
-    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", text)
-    if out.returncode != 0 or match is None:
-        detail = text or (out.stderr or "").strip() or f"exit status {out.returncode}"
-        raise BridgeNotFoundError(
-            cause="node_broken",
-            what=f"`{node} --version` did not print a Node.js version (got: {detail[:200]})",
-            looked_in=str(node),
-            fix=_NODE_FIX,
-        )
-    version = ".".join(match.groups())
-    if int(match.group(1)) < MIN_NODE_MAJOR:
-        raise BridgeNotFoundError(
-            cause="node_too_old",
-            what=(
-                f"Node.js {version} at {node} is too old; hive-bridge needs Node.js >= "
-                f"{MIN_NODE_MAJOR} (checked with `{node} --version`)"
-            ),
-            looked_in=str(node),
-            fix=_NODE_FIX,
-        )
-    return version
 
 
 # --------------------------------------------------------------------------------- bridge-js
@@ -165,8 +106,9 @@ def check_js_dir(js_dir: Path, *, from_setting: bool = False) -> str:
                 "set HIVE_BRIDGE_JS_DIR to the bridge-js directory of a hive-bridge checkout, "
                 "or unset it to use the bundled one"
                 if from_setting
-                else "run hive-bridge from a complete checkout (bridge-js/ next to hive_bridge/), "
-                "or set HIVE_BRIDGE_JS_DIR to a bridge-js directory"
+                else "reinstall hive-bridge (pip install --force-reinstall hive-bridge: the wheel "
+                "carries bridge-js), run it from a complete checkout (bridge-js/ next to "
+                "hive_bridge/), or set HIVE_BRIDGE_JS_DIR to a bridge-js directory"
             ),
         )
     server = js_dir / "server.js"
@@ -244,10 +186,14 @@ def check_js_dir(js_dir: Path, *, from_setting: bool = False) -> str:
 
 def locate(*, node: str | None = None, js_dir: Path | None = None) -> BridgeInstall:
     """Find and check everything the Node server needs (``HIVE_BRIDGE_NODE``/``HIVE_BRIDGE_JS_DIR``)."""
-    node_path = find_node(node)
-    version = node_version(node_path)
+    choice = select_node(node)
+    log.debug("using %s", choice.describe())
     directory = (js_dir or default_js_dir()).absolute()
     pglite_version = check_js_dir(directory, from_setting=js_dir is not None)
     return BridgeInstall(
-        node=node_path, node_version=version, js_dir=directory, pglite_version=pglite_version
+        node=choice.path,
+        node_version=choice.version,
+        js_dir=directory,
+        pglite_version=pglite_version,
+        node_choice=choice,
     )

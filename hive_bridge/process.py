@@ -22,6 +22,7 @@ from typing import IO
 
 from .locate import BridgeInstall
 from .logs import rotate_log
+from .node import NODE_FLAGS
 
 __all__ = ["NodeProcess", "SpawnSpec", "build_argv", "read_log", "read_log_tail"]
 
@@ -55,7 +56,7 @@ class SpawnSpec:
 
 def build_argv(spec: SpawnSpec) -> list[str]:
     """The exact argv of the Node server (see bridge-js/README.md)."""
-    argv = [str(spec.install.node), str(spec.install.server_js)]
+    argv = [str(spec.install.node), *NODE_FLAGS, str(spec.install.server_js)]
     argv += ["--memory"] if spec.data_dir is None else ["--data-dir", str(spec.data_dir)]
     argv += ["--host", spec.host, "--port", str(spec.port)]
     argv += ["--extensions", ",".join(spec.extensions)]

