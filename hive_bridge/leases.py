@@ -27,7 +27,14 @@ from pathlib import Path
 
 from .statefile import process_create_time, process_matches
 
-__all__ = ["Lease", "UserLease", "live_users", "parse_lease_name", "users_mutex"]
+__all__ = [
+    "Lease",
+    "UserLease",
+    "drop_inherited_leases",
+    "live_users",
+    "parse_lease_name",
+    "users_mutex",
+]
 
 log = logging.getLogger("hive_bridge.leases")
 
@@ -149,6 +156,14 @@ _ACTIVE: weakref.WeakSet[UserLease] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for lease in list(_ACTIVE):
         lease._after_fork()
+
+
+def drop_inherited_leases() -> None:
+    """In a process forked to become a detached supervisor: it is no user of its own server, so
+    remove the leases the fork hook registered for it and register none in its own forks."""
+    for lease in list(_ACTIVE):
+        lease.release()
+        _ACTIVE.discard(lease)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

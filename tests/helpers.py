@@ -105,6 +105,30 @@ def node_pids_for(data_dir: Path) -> list[int]:
     return pids
 
 
+def is_supervisor(proc: psutil.Process) -> bool:
+    """A detached supervisor: forked from the CLI or the app (process name ``hive-supervise``) or
+    spawned as ``python -m hive_bridge supervise`` (an app with other threads)."""
+    return proc.name() == "hive-supervise" or "supervise" in proc.cmdline()[1:4]
+
+
+def supervisor_pids(data_dir: Path) -> list[int]:
+    """Live detached supervisors started by this test session for ``data_dir`` (named on their
+    command line or in their environment, the way the CLI and the apps of the tests pass it)."""
+    found = []
+    needle = str(data_dir)
+    for proc in marked_processes():
+        try:
+            if not is_supervisor(proc):
+                continue
+            mentions = any(needle in arg for arg in proc.cmdline())
+            mentions = mentions or any(needle in value for value in proc.environ().values())
+        except psutil.Error:
+            continue
+        if mentions:
+            found.append(proc.pid)
+    return found
+
+
 def run_cli(
     *args: str,
     env: Mapping[str, str] | None = None,

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
-from helpers import node_pids_for, pid_gone, run_cli, wait_until
+from helpers import node_pids_for, pid_gone, run_cli, supervisor_pids, wait_until
 
 from hive_bridge.statefile import BridgeState, process_create_time, write_state
 
@@ -82,7 +82,7 @@ def test_start_status_url_stop(fresh_data_dir: Path) -> None:
         assert report["data_dir"] == data_dir
         assert report["origin"] == "cli"
         assert f":{report['port']}/" in dsn
-        assert psutil.Process(report["pid"]).cmdline()[1:4] == ["-m", "hive_bridge", "supervise"]
+        assert psutil.Process(report["pid"]).name() == "hive-supervise"  # forked by the CLI
         assert node_pids_for(fresh_data_dir) == [report["node_pid"]]
         assert report["restarts"] == 0
         assert report["uptime_s"] >= 0
@@ -320,14 +320,6 @@ def test_no_leftover_supervisors(tmp_path: Path) -> None:
     assert "bridge-js has no server.js" in result.stderr
 
     def supervisors() -> list[int]:
-        found = []
-        for proc in psutil.process_iter():
-            try:  # the detached supervisor is reaped by init: it may be a zombie for a moment
-                cmdline = " ".join(proc.cmdline())
-            except psutil.Error:
-                continue
-            if proc.pid != os.getpid() and "supervise" in cmdline and str(tmp_path) in cmdline:
-                found.append(proc.pid)
-        return found
+        return supervisor_pids(tmp_path / "db")
 
-    wait_until(lambda: not supervisors(), timeout=5, what="the failed supervisor to exit")
+    wait_until(lambda: not supervisors(), timeout=30, what="the failed supervisor to exit")

@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
-from helpers import FAST, node_pids_for, pid_gone, run_cli, wait_until
+from helpers import FAST, node_pids_for, pid_gone, run_cli, supervisor_pids, wait_until
 
 from hive_bridge import Bridge, SupervisorOptions
 from hive_bridge.leases import live_users
@@ -27,10 +27,12 @@ from hive_bridge.statefile import read_live_state
 #: an application: the HIVE_* engine API, then one SQL statement per stdin line, result on stdout
 APP = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, sys, threading, time
     import hive_bridge
     from sqlalchemy import text
 
+    if sys.argv[1:] == ["thread"]:  # an app with another thread is not forked: it spawns
+        threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
     engine = hive_bridge.create_engine()
     bridge = hive_bridge.auto_bridge()
     status = bridge.status()
@@ -119,17 +121,7 @@ def users_of(data_dir: Path) -> set[int]:
 
 
 def supervisors_of(data_dir: Path) -> list[int]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            cmdline = proc.cmdline()
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except psutil.Error:
-            continue
-        if "supervise" in cmdline and str(data_dir) in cmdline:
-            found.append(proc.pid)
-    return found
+    return supervisor_pids(data_dir)
 
 
 def server_gone(data_dir: Path) -> bool:
@@ -161,7 +153,7 @@ def test_the_server_runs_outside_the_app_that_started_it(fresh_data_dir: Path, a
     app = apps(fresh_data_dir)
     supervisor = psutil.Process(app.info["supervisor"])
     assert supervisor.pid != app.pid
-    assert supervisor.cmdline()[1:4] == ["-m", "hive_bridge", "supervise"]
+    assert supervisor.name() == "hive-supervise"  # forked from the app: one Python start
     assert supervisor.ppid() != app.pid  # detached: not the app's child, never its zombie
     assert app.info["origin"] == "auto"
     assert app.info["attached"] is True
@@ -170,6 +162,17 @@ def test_the_server_runs_outside_the_app_that_started_it(fresh_data_dir: Path, a
     assert app.close() == 0
     assert users_of(fresh_data_dir) == set()  # removed at exit
     wait_until(lambda: server_gone(fresh_data_dir), timeout=10, what="the server to stop")
+
+
+def test_an_app_with_threads_spawns_its_supervisor(fresh_data_dir: Path, apps: Any) -> None:
+    """Forking copies other threads' locks mid-use: such an app starts a separate interpreter."""
+    app = apps(fresh_data_dir, "thread")
+    supervisor = psutil.Process(app.info["supervisor"])
+    assert supervisor.cmdline()[1:4] == ["-m", "hive_bridge", "supervise"]
+    assert supervisor.ppid() != app.pid
+    assert app.sql("SELECT 41 + 1") == 42
+    assert app.close() == 0
+    wait_until(lambda: server_gone(fresh_data_dir), timeout=IDLE + 10, what="the server to stop")
 
 
 @pytest.mark.parametrize("first_ends", ["exit", "kill"])
