@@ -7,7 +7,7 @@
 // SELECTs, --queries FILE: {"name": "SQL", ...}) run on the same instance, so the dump and the fingerprint
 // describe one point in time.
 //
-//   node dump.js --data-dir DIR --out FILE [--extensions vector] [--queries FILE] [--pg-dump-arg ARG]...
+//   node dump.js --data-dir DIR --out FILE [--extensions all] [--queries FILE] [--pg-dump-arg ARG]...
 //
 // stdout: one JSON line, {"event":"dumped","bytes":N,"ms":N,"pg_dump_version":"…","fingerprint":{name: rows}}
 // or {"event":"error","code":"…","message":"…"} (exit 1). Rows are arrays of text (or null).
@@ -15,6 +15,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { packageVersion } from './src/versions.js';
+import * as Extensions from './src/extensions.js';
 
 function emit(obj) {
   process.stdout.write(`${JSON.stringify(obj)}\n`);
@@ -25,21 +26,20 @@ function fail(code, message) {
   process.exit(1);
 }
 
-async function loadExtensions(names) {
-  const extensions = {};
-  for (const name of names) {
-    if (name === 'vector' || name === 'pgvector') extensions.vector = (await import('@electric-sql/pglite-pgvector')).vector;
-    else fail('bad_args', `unknown extension "${name}" (this bridge bundles: vector)`);
-  }
-  return extensions;
-}
+/** Quiet unless something is wrong: stdout carries only the JSON result line. */
+const log = {
+  error: (m) => process.stderr.write(`ERROR ${m}\n`),
+  warn: (m) => process.stderr.write(`WARN ${m}\n`),
+  info: () => {},
+  debug: () => {},
+};
 
 async function main() {
   const { values } = parseArgs({
     options: {
       'data-dir': { type: 'string' },
       out: { type: 'string' },
-      extensions: { type: 'string', default: 'vector' },
+      extensions: { type: 'string', default: 'all' },
       queries: { type: 'string' },
       'pg-dump-arg': { type: 'string', multiple: true, default: [] },
     },
@@ -55,7 +55,9 @@ async function main() {
   const names = values.extensions.split(',').map((e) => e.trim()).filter(Boolean);
   let db;
   try {
-    db = await PGlite.create({ dataDir, extensions: await loadExtensions(names) });
+    // the same extensions as the server offers (src/extensions.js: linked in, loaded only when used)
+    const plan = Extensions.plan(names, { cacheDir: process.env.HIVE_BRIDGE_CACHE_DIR, log });
+    db = await PGlite.create({ dataDir, extensions: Extensions.pgliteExtensions(plan) });
   } catch (err) {
     fail('open_failed', `PGlite could not open ${dataDir}: ${String(err && err.message).split('\n')[0]}`);
   }

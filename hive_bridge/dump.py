@@ -145,15 +145,6 @@ def write_new_file(path: Path, text: str, *, action: str = "dump") -> Path:
 # ------------------------------------------------------------------------------ PGlite
 
 
-def _stamp_extensions(data_dir: Path) -> list[str]:
-    try:
-        stamp = json.loads((data_dir / "hive-bridge.json").read_text(encoding="utf-8"))
-        extensions = stamp.get("extensions")
-    except (OSError, ValueError, AttributeError):
-        extensions = None
-    return [str(e) for e in extensions] if isinstance(extensions, list) else ["vector"]
-
-
 def _post_snapshot(
     port: int, target: Path, password: str | None, timeout: float
 ) -> tuple[int, dict[str, Any]]:
@@ -172,7 +163,6 @@ def _post_snapshot(
 def _run_dump_js(
     install: BridgeInstall,
     data_dir: Path,
-    extensions: list[str],
     workdir: Path,
     *,
     source: str,
@@ -189,7 +179,7 @@ def _run_dump_js(
         "--out",
         str(out),
         "--extensions",
-        ",".join(extensions),
+        "all",  # what the server offers: a superset of what the data dir uses, loaded lazily
         "--queries",
         str(queries),
         *(f"--pg-dump-arg={a}" for a in (*PG_DUMP_ARGS, f"--rows-per-insert={ROWS_PER_INSERT}")),
@@ -257,10 +247,7 @@ def dump_pglite(paths: RunPaths, install: BridgeInstall, *, timeout: float = 360
                     fix=f"see its log {paths.server_log}; free disk space next to the data dir "
                     "(the copy is as large as the data dir)",
                 )
-            extensions = [str(e) for e in body.get("extensions") or _stamp_extensions(data_dir)]
-            text, result = _run_dump_js(
-                install, snap, extensions, work, source=source, timeout=timeout
-            )
+            text, result = _run_dump_js(install, snap, work, source=source, timeout=timeout)
             held: float | None = float(body.get("clients_held_ms") or 0)
             online = True
         else:
@@ -282,14 +269,7 @@ def dump_pglite(paths: RunPaths, install: BridgeInstall, *, timeout: float = 360
                     fix="wait until it runs (hive-bridge status) or has stopped, then retry",
                 ) from exc
             try:
-                text, result = _run_dump_js(
-                    install,
-                    data_dir,
-                    _stamp_extensions(data_dir),
-                    work,
-                    source=source,
-                    timeout=timeout,
-                )
+                text, result = _run_dump_js(install, data_dir, work, source=source, timeout=timeout)
             finally:
                 lock.release()
             held, online = None, False

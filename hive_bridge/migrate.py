@@ -45,9 +45,6 @@ __all__ = [
 
 Progress = Callable[[str], None]
 
-#: PGlite bundles these extensions (plpgsql is built in)
-PGLITE_EXTENSIONS = frozenset({"vector", "plpgsql"})
-
 
 @dataclass(frozen=True)
 class MigrationReport:
@@ -271,15 +268,6 @@ def migrate_from(
     _check_new_dir(data_dir, action="migrate", cmd=cmd)
     progress(f"hive-bridge: dumping {redact(url)} with pg_dump ...")
     dumped: DumpResult = dump_postgres(url, timeout=timeout)
-    foreign = sorted(set(dumped.fingerprint.extensions) - PGLITE_EXTENSIONS)
-    if foreign:
-        raise MigrateError(
-            action="migrate",
-            where=redact(url),
-            problem=f"it uses extension(s) {', '.join(foreign)}, which PGlite here does not "
-            "bundle (it has: vector); nothing was written",
-            fix="drop those extensions from the source, or keep using PostgreSQL",
-        )
     progress(
         f"  dumped in {dumped.ms / 1000:.1f} s ({dumped.pg_dump_version}): "
         f"{len(dumped.fingerprint.tables)} tables, {dumped.fingerprint.rows} rows"
