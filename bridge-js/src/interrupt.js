@@ -54,9 +54,15 @@ export class Interrupts {
       await sched.execInternal(s, P.query('BEGIN; SELECT 1/0'));
       s.txStatus = 'E';
     } else s.txStatus = 'I';
-    for (let i = 0; i < Math.max(1, ctx.boundaries); i++) parts.push(e, P.readyForQuery(s.txStatus));
+    for (let i = 0; i < ctx.boundaries; i++) parts.push(e, P.readyForQuery(s.txStatus));
+    // Messages after the last Sync (or a batch with none yet) get the error alone; as PostgreSQL does after
+    // an error, the front end then discards the client's messages up to its Sync, which gets the one
+    // ReadyForQuery (the new backend knows nothing of that batch).
+    const open = ctx.open || !ctx.boundaries;
+    if (open) parts.push(e);
     s.send(Buffer.concat(parts));
-    s.atSyncBoundary = true;
+    s.atSyncBoundary = !open;
+    s.discardToSync = open;
     s.skippingToSync = false;
   }
 

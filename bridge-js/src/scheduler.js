@@ -27,6 +27,8 @@ import { Parking } from './parking.js';
 import { Janitor } from './janitor.js';
 import * as Mem from './memlimits.js';
 import {
+import { refuseEncodingIn } from './encoding.js';
+import { shouldStream, streamTo, stopStream } from './outflow.js';
   QUERY, PARSE, DESCRIBE, CLOSE, SYNC, FLUSH, TERMINATE, COPY_DATA, COPY_DONE, COPY_FAIL,
   READY, ERROR, NOTIFICATION, COPY_IN, COMPLETE, SUSPENDED, EMPTY, PARAMETER_STATUS,
 } from './msgtypes.js';
@@ -34,6 +36,7 @@ import {
 const BATCH_BYTES = 8 << 20;
 const IDLE_WRITER_WARN_MS = 5000;
 
+const REFUSED_SQL = '__hb_refused_client_encoding'; // a syntax error: see refuseEncoding()
 function querySql(m) {
   if (m.sql === undefined) m.sql = m.buf.toString('utf8', 5, m.buf.length - 1);
   return m.sql;
@@ -271,6 +274,7 @@ export class Scheduler {
       s.takeInbox(1);
       s.socket.end();
       s.close('Terminate');
+    if (s.discardToSync) return this.discardToSync(s);
       return true;
     }
     if (s.parked) await this.parking.resume(s);
@@ -279,6 +283,11 @@ export class Scheduler {
     const ctx = this.newContext();
     const parts = [];
     let n = 0;
+    if (s.abortPending) {
+      // its statement was cancelled while its answer was written (outflow.js): fail the transaction
+      s.abortPending = false;
+      await this.execInternal(s, P.query('SELECT 1/0'));
+    }
     let bytes = 0;
     for (const m of s.inbox) {
       if (n > 0 && (m.type === TERMINATE || (m.type === QUERY && mayIntercept(querySql(m))))) break;
@@ -292,12 +301,14 @@ export class Scheduler {
         if (Mem.mayClamp(sql)) sql = this.clampMemory(s, m, sql);
         s.noteStatement(sql);
       } else if (m.type === PARSE) this.clampParse(s, m);
+      if (m.type === QUERY || m.type === PARSE) this.refuseEncoding(m, ctx);
       const out = this.statements.rewrite(s, m, ctx, gen, sql);
       parts.push(out);
       bytes += out.length;
       if (bytes > BATCH_BYTES) break;
     }
     s.takeInbox(n);
+      ctx.open = m.type !== SYNC && m.type !== QUERY; // messages after the last Sync/Query
     if (parts.length) await this.runBatch(s, parts, ctx);
     return true;
   }
@@ -307,6 +318,29 @@ export class Scheduler {
     const c = Mem.clampSet(sql);
     if (!c) return sql;
     s.send(c.notice);
+  /**
+   * A client_encoding the backend cannot convert to would crash it (encoding.js): the statement is replaced
+   * by one that fails on the backend, so the protocol flow and the transaction state are PostgreSQL's, and
+   * its error by PostgreSQL's own refusal (deliver()).
+   */
+  refuseEncoding(m, ctx) {
+    let f = null;
+    let text;
+    if (m.type === QUERY) text = querySql(m);
+    else {
+      if (m.buf.length > 65536) return;
+      f = P.parseNameAt(m.buf, 5);
+      text = m.buf.toString('utf8', f.end + 1, m.buf.indexOf(0, f.end + 1));
+    }
+    const refused = refuseEncodingIn(text);
+    if (!refused) return;
+    (ctx.refused ??= []).push(refused);
+    if (m.type === QUERY) {
+      m.buf = P.query(REFUSED_SQL);
+      m.sql = REFUSED_SQL;
+    } else m.buf = P.replaceRange(m.buf, f.end + 1, m.buf.indexOf(0, f.end + 1), REFUSED_SQL);
+  }
+
     m.buf = P.query(c.sql);
     m.sql = c.sql;
     return c.sql;
@@ -330,6 +364,18 @@ export class Scheduler {
     const wasAtBoundary = s.atSyncBoundary;
     let prefix = null;
     try {
+  /** After an error the backend never saw (a stopped batch, a wait that timed out): skip to Sync. */
+  discardToSync(s) {
+    const i = s.inbox.findIndex((m) => m.type === SYNC);
+    s.takeInbox(i < 0 ? s.inbox.length : i + 1);
+    if (i >= 0) {
+      s.discardToSync = false;
+      s.atSyncBoundary = true;
+      s.send(P.readyForQuery(s.txStatus));
+    }
+    return true;
+  }
+
       if (ctx.pre.length) {
         // Re-prepare what this client needs; the answers are ours, except an error, which is the client's.
         const out = await this.exec(s, Buffer.concat([...ctx.pre, P.flush()]));
@@ -403,12 +449,20 @@ export class Scheduler {
       } else if (type === ERROR) {
         s.skippingToSync = true; // until the ReadyForQuery that ends this batch, if any
         const fields = P.errorFields(out, start, end);
-        if (fields.M && fields.M.includes('__hb')) {
+        if (ctx.refused?.length && fields.M && fields.M.includes(REFUSED_SQL)) {
+          cut(start, end, P.errorResponse(ctx.refused.shift())); // a client_encoding refused (refuseEncoding)
+        } else if (fields.M && fields.M.includes('__hb')) {
           fields.M = s.clientNames(fields.M).split('"?"').join(`"${s.missingName ?? ''}"`);
           cut(start, end, P.rebuildError(ERROR, fields));
         }
       } else if (type === PARAMETER_STATUS) {
-        s.settingsDirty = true; // a reported setting changed, however (set_config(), inside a function)
+        const [name, pos] = P.readCString(out, start + 5);
+        const [value] = P.readCString(out, pos);
+        if (s.reported && s.reported.get(name) === value) cut(start, end, null); // a new backend's first report
+        else {
+          s.reported?.set(name, value);
+          s.settingsDirty = true; // a reported setting changed, however (set_config(), inside a function)
+        }
       } else if (type === COPY_IN && stripCopyIn) {
         stripCopyIn = false; // the client already got our CopyInResponse
         cut(start, end, null);
@@ -416,7 +470,13 @@ export class Scheduler {
     });
     if (pieces) {
       if (last < out.length) pieces.push(out.subarray(last));
-      s.send(Buffer.concat(pieces));
+      out = Buffer.concat(pieces);
+    }
+    // no Sync, Flush or Query in this batch and no error: PostgreSQL would not have flushed this yet
+    if (ctx.extended && !ctx.flush && !ctx.boundaries && !s.skippingToSync && lastType !== READY) s.hold(out);
+    else if (shouldStream(out, ctx, s.txStatus)) {
+      s.send(Buffer.alloc(0)); // what was held goes first
+      streamTo(s, out); // a cancel can still stop it while the client reads (outflow.js)
     } else s.send(out);
     if (lastType) s.atSyncBoundary = lastType === READY;
     else if (ctx.extended) s.atSyncBoundary = false; // e.g. Bind+Execute with no Sync yet: no answer so far
@@ -508,8 +568,12 @@ export class Scheduler {
     }
     const err = P.errorResponse(error);
     const parts = [];
-    for (let i = 0; i < Math.max(1, boundaries); i++) parts.push(err, P.readyForQuery(s.txStatus));
-    if (!boundaries) parts.pop();
+    for (let i = 0; i < boundaries; i++) parts.push(err, P.readyForQuery(s.txStatus));
+    const last = msgs[msgs.length - 1];
+    if (last && last.type !== SYNC && last.type !== QUERY) {
+      parts.push(err); // messages after its last Sync: the rest of that batch is discarded up to its Sync
+      s.discardToSync = true;
+    }
     s.send(Buffer.concat(parts));
   }
 
@@ -519,6 +583,7 @@ export class Scheduler {
       return;
     }
     if (s.queued && !s.startupPending) {
+    if (stopStream(s)) return; // its COPY answer was still being written: stopped, as PostgreSQL would
       this.unqueue(s);
       this.failPending(s, { code: '57014', message: 'canceling statement due to user request' });
     }

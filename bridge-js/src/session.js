@@ -8,6 +8,7 @@ import { randomInt } from 'node:crypto';
 import * as P from './protocol.js';
 import { ScramExchange, ScramError } from './scram.js';
 import { parseStartupOptions } from './sql.js';
+import { refuseEncoding } from './encoding.js';
 import { clampStartup } from './memlimits.js';
 
 const AUTH_SASL_INITIAL = 'initial';
@@ -145,7 +146,27 @@ export class Session {
   // ---- output ----------------------------------------------------------------------------------------
 
   send(buf) {
-    if (!this.closed && buf.length) this.socket.write(buf);
+    if (this.closed) return;
+    if (this.held) {
+      buf = Buffer.concat([...this.held, buf]);
+      this.held = null;
+      this.heldBytes = 0;
+    }
+    if (!buf.length) return;
+    if (this.stream) this.stream.after.push(buf); // behind a COPY answer still being written (outflow.js)
+    else this.socket.write(buf);
+  }
+
+  /**
+   * Answers to extended-protocol messages with no Sync or Flush after them yet: PostgreSQL keeps those in
+   * its send buffer until the client's Sync/Flush (or 8 kB), so a pipeline gets its replies in one flight.
+   * They go out with the next send().
+   */
+  hold(buf) {
+    if (this.closed || !buf.length) return;
+    (this.held ??= []).push(buf);
+    this.heldBytes = (this.heldBytes ?? 0) + buf.length;
+    if (this.heldBytes >= 8192) this.send(Buffer.alloc(0));
   }
 
   /** Send a FATAL error and end the connection. */
@@ -328,6 +349,13 @@ export class Session {
   beginSession() {
     this.phase = 'starting';
     this.reader.setLimits(P.clientMessageLimit);
+    for (const [k, v] of this.startupSettings) {
+      const refused = k.toLowerCase() === 'client_encoding' && refuseEncoding(v, { startup: true });
+      if (refused) {
+        this.fatal(refused.code, refused.message); // one PGlite cannot convert to would crash it (encoding.js)
+        return;
+      }
+    }
     this.settings = new Map(this.startupSettings);
     const known = this.scheduler.startupReport(this.startupSettings);
     if (known) {

@@ -40,6 +40,7 @@ export class StatementNames {
         ctx.boundaries += 1;
         return buf;
       case FLUSH:
+        ctx.flush = true;
         return buf; // asks for output; opens nothing
       case PARSE: {
         ctx.extended = true;
@@ -131,7 +132,7 @@ export class StatementNames {
    */
   answerBarePrepare(s) {
     const sched = this.sched;
-    if (sched.holder === s || s.queued || s.startupPending || (!sched.holder && !sched.queue.length)) return false;
+    if (sched.holder === s || s.queued || s.startupPending || s.discardToSync || (!sched.holder && !sched.queue.length)) return false;
     const msgs = s.inbox;
     const n = msgs.length;
     if (n < 2 || msgs[n - 1].type !== SYNC) return false;
