@@ -21,6 +21,7 @@ help:
 	@echo "make install  venv + Python deps + bridge-js node_modules + data-dir template (only what changed)"
 	@echo "make run      start the server in the foreground on $(DATA), print its DSN"
 	@echo "make test     the whole test suite (real node, PGlite, clients)"
+	@echo "make wheel    dist/: the sdist and the wheel (bridge-js and its node_modules inside)"
 	@echo "make test-wheel  build the wheel, install it in a fresh venv, run it without node on PATH"
 	@echo "make lint     ruff check, ruff format --check, mypy --strict"
 	@echo "make clean    remove the venv and caches (keeps data/)"
@@ -61,6 +62,12 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+# dist/: the sdist, and the wheel built from it (bridge-js and its run-time node_modules inside)
+.PHONY: wheel
+wheel: install
+	$(BIN)/python -m build --outdir dist .
+	@ls -l dist
 
 # only the wheel test (also part of `make test`; `pytest -m "not wheel"` skips it locally)
 .PHONY: test-wheel
