@@ -67,6 +67,8 @@ export function snapshot(server) {
     queries_served: server.stats.queries,
     backend_restarts: server.backend ? server.backend.restarts : 0,
     backend_generation: server.backend ? server.backend.generation : 0,
+    channel_buffer_bytes: server.backend?.channel?.bufferBytes ?? 0,
+    channel_shrinks: server.backend?.channel?.swaps ?? 0,
     rss_bytes: mem.rss,
     heap_used_bytes: mem.heapUsed,
     pglite_version: server.info?.pglite_version ?? null,

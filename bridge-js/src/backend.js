@@ -46,6 +46,7 @@ export class Backend extends EventEmitter {
         extensions: this.extensions,
         startParams: this.startParams,
       },
+      transferList: this.channel.transferList, // the port that brings the worker shrunk buffers
       stdout: false,
       stderr: false,
     });
@@ -74,7 +75,11 @@ export class Backend extends EventEmitter {
     for (const m of parseMessages(out)) {
       if (m.type === 0x53 /* S */) this.baseline.set(m.name, m.value);
     }
-    this.log.debug(`backend generation ${this.generation} open in ${Date.now() - started} ms`);
+    const t = info.timings || {};
+    this.log.debug(`backend generation ${this.generation} open in ${Date.now() - started} ms: worker up to PGlite ready ` +
+      `${t.total_ms} ms (import ${t.import_ms} ms; in parallel: WASM read+compile ${t.wasm_compile_ms} ms, ` +
+      `fs bundle read ${t.fs_bundle_ms} ms; then backend start ${t.backend_start_ms} ms: bundle unpack, data dir, PostgreSQL)`);
+    this.timings = t;
     return this.info;
   }
 

@@ -4,6 +4,14 @@
 // The main thread waits with Atomics.waitAsync (never blocking its event loop); the worker blocks in
 // Atomics.wait, which is what a dedicated thread is for. Both buffers are growable SharedArrayBuffers, so
 // a large COPY or result grows them in place and both sides see the new size.
+//
+// A SharedArrayBuffer cannot shrink. After a peak (a buffer grown past SHRINK_ABOVE) the main thread, once
+// the channel has been idle for SHRINK_IDLE_MS, makes new 1 MiB buffers, posts them over a MessagePort and
+// sends OP_SWAP; the worker, blocked in Atomics.wait and never in its event loop, takes them with
+// receiveMessageOnPort and answers. Both sides then drop the old buffers, which V8 frees with them.
+import { MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 
 const STATE = 0;
 const OP = 1;
@@ -17,9 +25,34 @@ export const ST_ERROR = 3;
 
 export const OP_EXEC = 1;
 export const OP_CLOSE = 2;
+const OP_SWAP = 3; // handled inside the channel: new buffers are waiting on the port
 
 const INITIAL = 1 << 20; // 1 MiB
+export const SHRINK_ABOVE = 4 * INITIAL;
+export const SHRINK_IDLE_MS = 2000;
 export const MAX_MESSAGE = 1 << 30; // 1 GiB, PostgreSQL's own limit for one message
+
+let gcFn;
+/**
+ * A full GC of this thread's heap, so the dropped buffers (and a bulk load's garbage) are returned to
+ * the OS now: V8 frees a SharedArrayBuffer only once every thread's objects for it are collected, and
+ * an idle thread would otherwise not collect for a long time. Only after a peak and an idle spell.
+ */
+export function collectGarbage() {
+  if (gcFn === undefined) {
+    try {
+      v8.setFlagsFromString('--expose-gc');
+      gcFn = vm.runInNewContext('gc');
+    } catch {
+      gcFn = null;
+    }
+  }
+  if (gcFn) gcFn();
+}
+
+function newBuffer() {
+  return new SharedArrayBuffer(INITIAL, { maxByteLength: MAX_MESSAGE });
+}
 
 function growTo(sab, needed) {
   if (needed <= sab.byteLength) return;
@@ -28,29 +61,61 @@ function growTo(sab, needed) {
 }
 
 export class Channel {
-  constructor(shared) {
+  constructor(shared, port = shared.port) {
     this.shared = shared;
+    this.port = port; // main thread: where new buffers are posted; worker: where they arrive
     this.ctrl = new Int32Array(shared.ctrl);
-    this.req = new Uint8Array(shared.req); // length-tracking views: follow grow()
-    this.resp = new Uint8Array(shared.resp);
+    this.adopt(shared.req, shared.resp);
+    this.inFlight = null; // main thread: the call or swap under way
+    this.shrinkTimer = null;
+    this.swaps = 0;
   }
 
   static create() {
-    return new Channel({
+    const { port1, port2 } = new MessageChannel();
+    port1.unref();
+    const channel = new Channel({
       ctrl: new SharedArrayBuffer(16),
-      req: new SharedArrayBuffer(INITIAL, { maxByteLength: MAX_MESSAGE }),
-      resp: new SharedArrayBuffer(INITIAL, { maxByteLength: MAX_MESSAGE }),
-    });
+      req: newBuffer(),
+      resp: newBuffer(),
+      port: port2,
+    }, port1);
+    channel.transferList = [port2]; // pass with workerData: new Worker(url, { workerData, transferList })
+    return channel;
   }
 
   static attach(shared) {
     return new Channel(shared);
   }
 
+  adopt(req, resp) {
+    this.shared.req = req;
+    this.shared.resp = resp;
+    this.req = new Uint8Array(req); // length-tracking views: follow grow()
+    this.resp = new Uint8Array(resp);
+  }
+
+  /** Bytes held by the two buffers now (what shrinking gives back). */
+  get bufferBytes() {
+    return this.shared.req.byteLength + this.shared.resp.byteLength;
+  }
+
   // ---- main thread side -------------------------------------------------------------------------
 
   /** Send one request; resolves to {ok, data} once the worker answered. */
   async call(op, bytes) {
+    while (this.inFlight) await this.inFlight.catch(() => {});
+    const done = this.roundTrip(op, bytes);
+    this.inFlight = done;
+    try {
+      return await done;
+    } finally {
+      this.inFlight = null;
+      this.scheduleShrink();
+    }
+  }
+
+  async roundTrip(op, bytes) {
     const ctrl = this.ctrl;
     if (Atomics.load(ctrl, STATE) !== ST_IDLE) throw new Error('backend channel is busy');
     const len = bytes ? bytes.length : 0;
@@ -77,8 +142,41 @@ export class Channel {
     return { ok: false, data };
   }
 
+  /** After a peak, shrink the buffers once the channel has been idle for SHRINK_IDLE_MS. */
+  scheduleShrink() {
+    if (this.bufferBytes <= 2 * INITIAL || !this.port) return;
+    if (this.shrinkTimer) this.shrinkTimer.refresh();
+    else {
+      this.shrinkTimer = setTimeout(() => this.shrinkNow(), SHRINK_IDLE_MS);
+      this.shrinkTimer.unref();
+    }
+  }
+
+  /** Replace grown buffers with new 1 MiB ones (no-op while a call is under way or nothing grew). */
+  async shrinkNow() {
+    this.shrinkTimer = null;
+    if (this.inFlight || this.bufferBytes <= 2 * INITIAL || this.abandoned) return false;
+    const req = newBuffer();
+    const resp = newBuffer();
+    this.port.postMessage({ req, resp });
+    const done = this.roundTrip(OP_SWAP, null);
+    this.inFlight = done;
+    try {
+      const r = await done;
+      if (!r.ok) return false;
+      this.adopt(req, resp);
+      this.swaps += 1;
+      collectGarbage();
+      return true;
+    } finally {
+      this.inFlight = null;
+    }
+  }
+
   /** Wake a main thread waiting on a worker that will never answer (it was terminated). */
   abandon() {
+    this.abandoned = true;
+    if (this.shrinkTimer) clearTimeout(this.shrinkTimer);
     this.ctrl[RESP_LEN] = 0;
     Atomics.store(this.ctrl, STATE, ST_ERROR);
     Atomics.notify(this.ctrl, STATE);
@@ -94,9 +192,24 @@ export class Channel {
   waitForRequest() {
     for (;;) {
       const state = Atomics.load(this.ctrl, STATE);
-      if (state === ST_REQUEST) return;
+      if (state === ST_REQUEST) {
+        if (this.ctrl[OP] !== OP_SWAP) return;
+        this.takeNewBuffers();
+        continue;
+      }
       Atomics.wait(this.ctrl, STATE, state);
     }
+  }
+
+  takeNewBuffers() {
+    const msg = receiveMessageOnPort(this.port);
+    if (!msg) {
+      this.fail('no buffers arrived with OP_SWAP');
+      return;
+    }
+    this.adopt(msg.message.req, msg.message.resp);
+    collectGarbage();
+    this.respond(0);
   }
 
   op() {

@@ -5,6 +5,7 @@
 import * as P from './protocol.js';
 import * as SQL from './sql.js';
 import { FLUSH, SYNC, COPY_DATA } from './msgtypes.js';
+import { CopyBuffer } from './copybuf.js';
 
 /** A query the front end may have to handle itself (cheap test on the first letter first). */
 export function mayIntercept(sql) {
@@ -29,7 +30,7 @@ export class Intercepts {
       s.takeInbox(1);
       // PGlite can only take a COPY FROM STDIN whole (query, data and CopyDone in one call), so the
       // front end answers CopyInResponse itself, buffers the data, then runs it all at once.
-      s.copy = { parts: [m.buf], bytes: m.buf.length };
+      s.copy = new CopyBuffer(m.buf, sched.opts.maxCopyBytes + 1);
       s.send(P.copyInResponse(copy.binary ? 1 : 0, 0));
       return true;
     }
@@ -60,8 +61,7 @@ export class Intercepts {
     for (const m of s.inbox) {
       n += 1;
       if (m.type === FLUSH || m.type === SYNC) continue; // ignored during COPY, as PostgreSQL does
-      s.copy.parts.push(m.buf);
-      s.copy.bytes += m.buf.length;
+      s.copy.append(m.buf);
       if (m.type !== COPY_DATA) {
         done = true; // CopyDone, CopyFail, or anything else (which makes the backend fail the COPY)
         break;
@@ -74,9 +74,9 @@ export class Intercepts {
       return true;
     }
     if (!done) return n > 0;
-    const parts = s.copy.parts;
+    const data = s.copy.take();
     s.copy = null;
-    await sched.runBatch(s, [Buffer.concat(parts)], sched.newContext({ boundaries: 1, unnamed: 'gone' }), { stripCopyIn: true });
+    await sched.runBatch(s, [data], sched.newContext({ boundaries: 1, unnamed: 'gone' }), { stripCopyIn: true });
     return true;
   }
 

@@ -6,19 +6,55 @@
 // writes a request and wakes us with Atomics.notify; we answer in place. postMessage is used only for the
 // one-time "open"/"opened"/"failed" handshake and for log lines.
 import { workerData, parentPort } from 'node:worker_threads';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
 import { packageVersion } from './versions.js';
 import { Channel, OP_EXEC, OP_CLOSE } from './channel.js';
 import { pgliteExtensions } from './extensions.js';
 
 
+/** Milliseconds since `t0`, rounded. */
+const since = (t0) => Math.round(performance.now() - t0);
+
+/**
+ * PGlite's two big files, loaded here rather than inside PGlite.create() so that their cost is known
+ * (the `opened` message reports it; the server logs it at debug) and so that the WASM compile and the
+ * file reads overlap with importing PGlite's JS.
+ */
+function loadAssets() {
+  const dist = path.dirname(createRequire(import.meta.url).resolve('@electric-sql/pglite'));
+  const t0 = performance.now();
+  const wasm = fs.promises.readFile(path.join(dist, 'pglite.wasm'))
+    .then((bytes) => WebAssembly.compile(bytes))
+    .then((module) => ({ module, ms: since(t0) }));
+  const bundle = fs.promises.readFile(path.join(dist, 'pglite.data'))
+    .then((bytes) => ({ blob: new Blob([bytes]), ms: since(t0) }));
+  return Promise.all([wasm, bundle]);
+}
+
 async function open() {
+  const t0 = performance.now();
+  const assets = loadAssets();
   const { PGlite } = await import('@electric-sql/pglite');
+  const importMs = since(t0);
   // `extensions` is a plan from extensions.js: every shipped extension is linked in, none is loaded yet.
   const { dataDir, extensions: plan, startParams } = workerData;
   const options = { extensions: pgliteExtensions(plan) };
   if (dataDir) options.dataDir = dataDir;
   if (startParams && startParams.length) options.startParams = startParams;
+  const [wasm, bundle] = await assets;
+  options.pgliteWasmModule = wasm.module;
+  options.fsBundle = bundle.blob;
+  const tCreate = performance.now();
   const db = await PGlite.create(options);
+  const timings = {
+    import_ms: importMs,
+    wasm_compile_ms: wasm.ms,
+    fs_bundle_ms: bundle.ms,
+    backend_start_ms: since(tCreate),
+    total_ms: since(t0),
+  };
   const ver = await db.query('SHOW server_version');
   const ext = await db.query("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1");
   return {
@@ -27,6 +63,7 @@ async function open() {
       pglite_version: packageVersion('@electric-sql/pglite'),
       postgres_version: ver.rows[0].server_version,
       installed_extensions: ext.rows.map((r) => r.extname),
+      timings,
     },
   };
 }
