@@ -25,8 +25,10 @@ FAST = SupervisorOptions(
     startsecs=1.0,
     stopwaitsecs=5.0,
     start_timeout=60.0,
-    health_interval=0.3,
-    health_timeout=0.5,
+    # a hang (SIGSTOP) is found in ~11 s; 5 s per /health answer (milliseconds when idle or busy)
+    # leaves room for a loaded machine, so no test sees a restart it did not cause
+    health_interval=0.5,
+    health_timeout=5.0,
     health_failures=2,
     hang_kill_wait=1.0,
 )

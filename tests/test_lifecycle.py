@@ -40,7 +40,7 @@ def query(dsn: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[obj
         return cur.fetchall() if cur.description else []
 
 
-def wait_restarted(bridge: Bridge, old_pid: int, timeout: float = 30) -> int:
+def wait_restarted(bridge: Bridge, old_pid: int, timeout: float = 90) -> int:
     def restarted() -> int | None:
         pid = bridge.node_pid
         if bridge.state == State.RUNNING.value and pid is not None and pid != old_pid:
@@ -178,7 +178,7 @@ def test_no_orphan_when_the_python_parent_is_killed(fresh_data_dir: Path, mode: 
     parent.kill()  # SIGKILL: no atexit, no finally, nothing runs in Python
     parent.wait()
 
-    wait_until(lambda: pid_gone(node_pid), timeout=5, what=f"node {node_pid} to exit")
+    wait_until(lambda: pid_gone(node_pid), timeout=30, what=f"node {node_pid} to exit")
     assert node_pids_for(fresh_data_dir) == []
     # and the data dir is free again
     with Bridge(fresh_data_dir, options=FAST) as bridge:

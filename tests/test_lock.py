@@ -74,4 +74,4 @@ def test_lock_lives_on_in_a_child_that_inherited_the_fd(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
-    wait_until(lambda: not is_locked(path), timeout=5, what="lock to be free")
+    wait_until(lambda: not is_locked(path), timeout=30, what="lock to be free")

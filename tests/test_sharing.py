@@ -196,10 +196,9 @@ def test_second_app_keeps_the_server_when_the_first_ends(
     keeps_answering(lambda: second.sql("SELECT count(*) FROM shared_rows") == 1)
     assert node_pids_for(fresh_data_dir) == [first.info["node"]]  # never restarted
 
-    started = time.monotonic()
     second.kill()
-    wait_until(lambda: server_gone(fresh_data_dir), timeout=10, what="the server to stop")
-    assert time.monotonic() - started < 8
+    # ~4 s (idle_grace plus a look or two); the limit only says it stops by itself, under any load
+    wait_until(lambda: server_gone(fresh_data_dir), timeout=60, what="the server to stop")
     assert users_of(fresh_data_dir) == set()
     assert os.listdir(Path(f"{fresh_data_dir}.bridge") / "users") == []  # stale lease removed
 
@@ -210,11 +209,10 @@ def test_sigkill_of_the_only_user_stops_the_server(tmp_path: Path, apps: Any) ->
     app = apps(data_dir)
     node, supervisor = app.info["node"], app.info["supervisor"]
     assert app.sql("SELECT 40 + 2") == 42
-    started = time.monotonic()
     app.kill()
-    wait_until(lambda: pid_gone(node) and pid_gone(supervisor), timeout=10, what="node to exit")
-    assert time.monotonic() - started < 8
-    wait_until(lambda: server_gone(data_dir), timeout=5, what="the state file to go")
+    # ~4 s; the limit only says nothing runs on for good, under any load
+    wait_until(lambda: pid_gone(node) and pid_gone(supervisor), timeout=60, what="node to exit")
+    wait_until(lambda: server_gone(data_dir), timeout=30, what="the state file to go")
     # and the data dir opens again
     with Bridge(data_dir, options=FAST) as bridge:
         assert not bridge.attached

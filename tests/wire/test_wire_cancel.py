@@ -44,7 +44,8 @@ async def test_asyncpg_timeout_cancels_running_query(server: WireServer) -> None
         with pytest.raises(asyncio.TimeoutError):
             await conn.fetchval("SELECT pg_sleep(30)", timeout=0.5)
         elapsed = time.monotonic() - t0
-        assert elapsed < 2.0, f"asyncpg's timeout=0.5 returned after {elapsed:.2f} s"
+        # the cancel landed long before pg_sleep(30) could end (a limit load cannot break)
+        assert elapsed < 15, f"asyncpg's timeout=0.5 returned after {elapsed:.2f} s"
         # the connection is usable right away
         assert await conn.fetchval("SELECT $1::int", 5) == 5
         assert await stmt.fetchval(2) == 102
@@ -73,11 +74,11 @@ def test_psycopg_cancel_running_query(server: WireServer) -> None:
         t.start()
         try:
             wait_until(
-                lambda: _running(server, conn.info.backend_pid), timeout=5, what="pg_sleep to run"
+                lambda: _running(server, conn.info.backend_pid), timeout=30, what="pg_sleep to run"
             )
             cancelled_at = time.monotonic()
             conn.cancel()
-            t.join(10)
+            t.join(25)
         finally:
             if t.is_alive():
                 conn.cancel()
@@ -86,7 +87,8 @@ def test_psycopg_cancel_running_query(server: WireServer) -> None:
         assert isinstance(exc, errors.QueryCanceled), outcome
         assert exc.sqlstate == "57014"
         assert "user request" in str(exc)
-        assert outcome["at"] - cancelled_at < 1.5, "the cancel took effect late"
+        # well before pg_sleep(30) could end by itself, whatever the load
+        assert outcome["at"] - cancelled_at < 15, "the cancel took effect late"
         assert conn.execute("SELECT 1").fetchone() == (1,)
         # C's prepared statement survived the engine restart
         assert c.execute("SELECT %s::int * 2", (21,), prepare=True).fetchone() == (42,)
@@ -133,13 +135,12 @@ async def test_cancel_queued_query(server: WireServer, unique) -> None:
             st = server.stats()
             return st["waiting"] == 1 and st["holder"] == a.get_server_pid()
 
-        await async_wait_until(queued, timeout=5, what="B's query to be queued behind A")
-        t0 = time.monotonic()
+        await async_wait_until(queued, timeout=30, what="B's query to be queued behind A")
         await in_thread(b.cancel)
         with pytest.raises(errors.QueryCanceled) as info:
-            await asyncio.wait_for(waiting, timeout=5)
-        assert time.monotonic() - t0 < 1.0
+            await asyncio.wait_for(waiting, timeout=25)
         assert info.value.sqlstate == "57014"
+        assert "user request" in str(info.value)  # the cancel, not the queue timeout
         # A is unaffected: still in its transaction, its row still there, commit works
         assert await a.fetchval(f"SELECT count(*) FROM {table}") == 1
         await a.execute(f"INSERT INTO {table} VALUES (2)")
@@ -164,11 +165,12 @@ async def test_statement_timeout_per_client(server: WireServer) -> None:
         await conn.execute("SET statement_timeout = '200ms'")
         t0 = time.monotonic()
         with pytest.raises(asyncpg.QueryCanceledError) as info:
-            await conn.fetchval("SELECT pg_sleep(5)", timeout=15)
+            await conn.fetchval("SELECT pg_sleep(60)", timeout=90)
         elapsed = time.monotonic() - t0
         assert info.value.sqlstate == "57014"
         assert "statement timeout" in str(info.value)
-        assert elapsed < 2.0, f"statement_timeout 200ms fired after {elapsed:.2f} s"
+        # it fired, long before pg_sleep(60) would have ended (100x the 200 ms: load cannot break it)
+        assert elapsed < 20, f"statement_timeout 200ms fired after {elapsed:.2f} s"
         # the other client has no statement timeout
         assert await other.fetchval("SHOW statement_timeout") == "0"
         t0 = time.monotonic()
@@ -187,8 +189,8 @@ def test_statement_timeout_as_startup_option(server: WireServer) -> None:
         assert conn.execute("SHOW statement_timeout").fetchone() == ("200ms",)
         t0 = time.monotonic()
         with pytest.raises(errors.QueryCanceled) as info:
-            conn.execute("SELECT pg_sleep(5)")
-        assert time.monotonic() - t0 < 2.0
+            conn.execute("SELECT pg_sleep(60)")
+        assert time.monotonic() - t0 < 20  # fired, long before pg_sleep(60) would end
         assert info.value.sqlstate == "57014"
         assert conn.execute("SELECT 2").fetchone() == (2,)
         assert conn.execute("SHOW statement_timeout").fetchone() == ("200ms",)
@@ -205,20 +207,20 @@ def test_raw_cancel_request(server: WireServer) -> None:
         assert len(keys) == 1
         pid, secret = struct.unpack("!iI", keys[0])
         raw.send(query_message("SELECT pg_sleep(30)"))
-        wait_until(lambda: _running(server, pid), timeout=5, what="pg_sleep to run")
+        wait_until(lambda: _running(server, pid), timeout=30, what="pg_sleep to run")
         t0 = time.monotonic()
         with RawConn(server.port) as canceller:
             canceller.send(struct.pack("!iiiI", 16, 80877102, pid, secret))
             assert canceller.read_to_eof(5) == b""
         msgs = raw.read_until_ready()
-        assert time.monotonic() - t0 < 1.5
+        assert time.monotonic() - t0 < 15  # well before pg_sleep(30) ends by itself
         errs = [error_fields(body) for kind, body in msgs if kind == b"E"]
         assert len(errs) == 1, msgs
         assert errs[0]["C"] == "57014"
         assert msgs[-1] == (b"Z", b"I")
         # a wrong secret cancels nothing
         raw.send(query_message("SELECT pg_sleep(0.5)"))
-        wait_until(lambda: _running(server, pid), timeout=5, what="pg_sleep to run")
+        wait_until(lambda: _running(server, pid), timeout=30, what="pg_sleep to run")
         with RawConn(server.port) as canceller:
             canceller.send(struct.pack("!iiiI", 16, 80877102, pid, (secret + 1) % 2**32))
             canceller.read_to_eof(5)

@@ -34,10 +34,11 @@ async def test_queue_timeout_names_the_holder(start_server) -> None:
         await a.execute("SELECT 1")
         t0 = time.monotonic()
         with pytest.raises(asyncpg.QueryCanceledError) as info:
-            await asyncio.wait_for(b.fetchval("SELECT 2"), timeout=10)
+            await asyncio.wait_for(b.fetchval("SELECT 2"), timeout=30)
         elapsed = time.monotonic() - t0
         assert info.value.sqlstate == "57014"
-        assert 0.4 <= elapsed < 1.5, f"the queue timeout (500 ms) fired after {elapsed:.2f} s"
+        # not before 500 ms; the upper limit only says "the timer fired", with room for load
+        assert 0.4 <= elapsed < 10, f"the queue timeout (500 ms) fired after {elapsed:.2f} s"
         message = str(info.value)
         assert str(a.get_server_pid()) in message, message
         assert "holder-app" in message, message
@@ -59,7 +60,7 @@ def test_queue_timeout_psycopg_connection_usable_after(start_server) -> None:
         t0 = time.monotonic()
         with pytest.raises(errors.QueryCanceled) as info:
             b.execute("SELECT 2")
-        assert time.monotonic() - t0 < 1.5
+        assert 0.4 <= time.monotonic() - t0 < 10  # the 500 ms queue timeout, under any load
         assert info.value.sqlstate == "57014"
         assert f"connection {a.info.backend_pid}" in str(info.value)
         assert b.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -82,12 +83,12 @@ async def test_idle_in_transaction_timeout_terminates_and_rolls_back(start_serve
         try:
             # B waits for A, until A is thrown out after ~0.5 s; A's insert is rolled back
             t0 = time.monotonic()
-            count = await asyncio.wait_for(b.fetchval("SELECT count(*) FROM idle_t"), timeout=10)
+            count = await asyncio.wait_for(b.fetchval("SELECT count(*) FROM idle_t"), timeout=30)
             waited = time.monotonic() - t0
             assert count == 0
-            assert waited < 2.5, f"B waited {waited:.2f} s"
+            assert waited < 15, f"B waited {waited:.2f} s"  # 30x the 500 ms: room for load
             # A got a FATAL 25P03 ErrorResponse and the connection was closed
-            data = await in_thread(a.read_to_eof, 5)
+            data = await in_thread(a.read_to_eof, 15)
             kinds = [m[0] for m in split_messages(data)]
             assert kinds == [b"E"], data
             fields = error_fields(split_messages(data)[0][1])
@@ -109,7 +110,7 @@ def test_idle_in_transaction_timeout_psycopg(start_server) -> None:
         with server.psycopg(autocommit=True) as b:
             t0 = time.monotonic()
             assert b.execute("SELECT count(*) FROM idle_p").fetchone() == (0,)
-            assert time.monotonic() - t0 < 2.5
+            assert time.monotonic() - t0 < 15  # A was thrown out (500 ms), not B's own timeout
         with pytest.raises(errors.IdleInTransactionSessionTimeout) as info:
             a.execute("SELECT 1")
         assert info.value.sqlstate == "25P03"
@@ -149,7 +150,7 @@ async def test_connection_limit(start_server) -> None:
                 return None
 
         conns.append(
-            await async_wait_until(connect, timeout=5, what="a connection slot to free up")
+            await async_wait_until(connect, timeout=30, what="a connection slot to free up")
         )
         assert await conns[-1].fetchval("SELECT 7") == 7
     finally:
@@ -164,10 +165,10 @@ async def test_startup_timeout_closes_silent_socket(start_server) -> None:
         t0 = time.monotonic()
         conn = await server.asyncpg()  # others connect meanwhile
         assert await conn.fetchval("SELECT 1") == 1
-        data = await in_thread(silent.read_to_eof, 5)
+        data = await in_thread(silent.read_to_eof, 15)
         elapsed = time.monotonic() - t0
         await conn.close()
-    assert elapsed < 2.5, f"the silent socket was closed after {elapsed:.2f} s"
+    assert elapsed < 15, f"the silent socket was closed after {elapsed:.2f} s"
     msgs = split_messages(data)
     assert [m[0] for m in msgs] == [b"E"], data
     fields = error_fields(msgs[0][1])

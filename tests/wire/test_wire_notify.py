@@ -47,7 +47,7 @@ def test_psycopg_notifies_generator(server: WireServer, unique) -> None:
         listener.execute(f"LISTEN {channel}")
         notifier.execute(f"NOTIFY {channel}, 'p1'")
         notifier.execute(f"NOTIFY {channel}, 'p2'")
-        got = [(n.channel, n.payload, n.pid) for n in listener.notifies(timeout=5, stop_after=2)]
+        got = [(n.channel, n.payload, n.pid) for n in listener.notifies(timeout=30, stop_after=2)]
         assert got == [
             (channel, "p1", notifier.info.backend_pid),
             (channel, "p2", notifier.info.backend_pid),

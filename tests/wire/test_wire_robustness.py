@@ -75,7 +75,7 @@ def test_client_killed_mid_transaction(server: WireServer, unique) -> None:
         conn.execute(f"INSERT INTO {table} VALUES (2)")
         assert conn.execute(f"SELECT array_agg(v) FROM {table}").fetchone() == ([2],)
         conn.execute(f"DROP TABLE {table}")
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 30  # well before the 60 s idle-in-transaction timeout
 
 
 def _raw_session(server: WireServer) -> RawConn:
@@ -156,22 +156,18 @@ async def test_terminate_closes_the_socket(server: WireServer) -> None:
     baseline = server.settled_connections()
     conn = await server.asyncpg()
     assert await conn.fetchval("SELECT 1") == 1
-    t0 = time.monotonic()
-    await asyncio.wait_for(conn.close(), timeout=5)
-    assert time.monotonic() - t0 < 1.0
+    await asyncio.wait_for(conn.close(), timeout=20)  # stock pglite-server: hangs for good
     await async_wait_until(
         lambda: server.stats()["connections"] == baseline,
-        timeout=5,
+        timeout=30,
         what="the server to drop the closed connection",
     )
 
     raw = await in_thread(_raw_session, server)
     with raw:
         raw.send(message(b"X"))
-        t0 = time.monotonic()
-        data = await in_thread(raw.read_to_eof, 5)
+        data = await in_thread(raw.read_to_eof, 20)  # closed, not left open for good
         assert data == b""
-        assert time.monotonic() - t0 < 1.0
 
 
 @pytest.mark.parametrize(

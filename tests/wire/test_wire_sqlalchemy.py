@@ -66,10 +66,11 @@ def test_sync_engine_concurrent_sessions_and_dispose(server: WireServer, unique)
         t0 = time.monotonic()
         engine.dispose()
         elapsed = time.monotonic() - t0
-    assert elapsed < 2, f"engine.dispose() took {elapsed:.2f} s"
+    # stock pglite-server hangs here for good; 20 s is a limit load cannot reach
+    assert elapsed < 20, f"engine.dispose() took {elapsed:.2f} s"
     wait_until(
         lambda: server.stats()["connections"] == baseline,
-        timeout=5,
+        timeout=30,
         what="the server to see the pooled connections closed",
     )
 
@@ -116,9 +117,9 @@ async def test_async_engine_concurrent_sessions_and_dispose(server: WireServer, 
         t0 = time.monotonic()
         await asyncio.wait_for(engine.dispose(), timeout=10)
         elapsed = time.monotonic() - t0
-    assert elapsed < 2, f"AsyncEngine.dispose() took {elapsed:.2f} s"
+    assert elapsed < 20, f"AsyncEngine.dispose() took {elapsed:.2f} s"  # stock: hangs for good
     await async_wait_until(
         lambda: server.stats()["connections"] == baseline,
-        timeout=5,
+        timeout=30,
         what="the server to see the pooled connections closed",
     )
