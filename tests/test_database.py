@@ -58,6 +58,8 @@ def app_env(template_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_sqlalchemy_orm_round_trip_sync(app_env: Path) -> None:
     engine = hive_bridge.create_engine()
     assert engine.url.drivername == "postgresql+psycopg"
+    # over the Unix socket, which needs no password (TCP does: connecting proves which one)
+    assert engine.url.password is None and str(engine.url.query["host"]).startswith("/")
     assert engine.pool.size() == 5  # type: ignore[attr-defined]
     # the data dir is where HIVE_DATABASE_URL says, with its run dir next to it
     assert (app_env / "data" / "automagik_hive.db" / "PG_VERSION").is_file()
@@ -81,6 +83,7 @@ def test_sqlalchemy_orm_round_trip_async(app_env: Path) -> None:
     async def main() -> None:
         engine = hive_bridge.create_async_engine()
         assert engine.url.drivername == "postgresql+asyncpg"
+        assert engine.url.password is None and str(engine.url.query["host"]).startswith("/")
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
         async with AsyncSession(engine) as session:
@@ -109,8 +112,15 @@ def test_both_engines_share_one_server(app_env: Path) -> None:
     first = hive_bridge.database_url()
     second = hive_bridge.database_url(async_=True)
     bridge = hive_bridge.auto_bridge()
-    assert first == bridge.sqlalchemy_url
-    assert second == bridge.async_sqlalchemy_url
+    assert bridge.socket_dir is not None
+    assert (
+        first
+        == f"postgresql+psycopg://postgres@/postgres?host={bridge.socket_dir}&port={bridge.port}"
+    )
+    assert (
+        second
+        == f"postgresql+asyncpg://postgres@/postgres?host={bridge.socket_dir}&port={bridge.port}"
+    )
     assert bridge.origin == "auto"
 
 
