@@ -49,6 +49,7 @@ _SPECIAL = re.compile(r"""['";$\\]|--|/\*""")
 _PLAIN_STRING = re.compile(r"[^']*(?:''[^']*)*'")
 _ESCAPE_STRING = re.compile(r"(?:[^'\\]|\\.|'')*'", re.DOTALL)
 _QUOTED_IDENT = re.compile(r'[^"]*(?:""[^"]*)*"')
+_COMMENT_EDGE = re.compile(r"/\*|\*/")
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\uffff][\w\x80-\uffff]*)?\$")
 _LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z))*")
 _COPY_FROM_STDIN = re.compile(r"\ACOPY\s+(.+?)\s.*\bFROM\s+stdin\b", re.IGNORECASE | re.DOTALL)
@@ -113,7 +114,7 @@ def split_script(text: str) -> Iterator[Statement]:
         elif tok == "/*":
             depth, pos = 1, i + 2
             while depth:
-                c = re.compile(r"/\*|\*/").search(text, pos)
+                c = _COMMENT_EDGE.search(text, pos)
                 if c is None:
                     raise ScriptError(f"unterminated comment at line {_line_of(text, i, lines)}")
                 depth += 1 if c.group() == "/*" else -1

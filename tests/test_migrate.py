@@ -471,7 +471,7 @@ def test_split_script_follows_quotes_dollar_quotes_copy_and_meta_commands() -> N
         "SET transaction_timeout = 0;\n"
         "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $body$ SELECT 'a;b' $body$;\n"
         "INSERT INTO public.t VALUES\n\t(1, 'it''s; fine'),\n\t(2, E'back\\\\slash\\' ;');\n"
-        'INSERT INTO public."Weird Name" VALUES (1, $$x;y$$, /* c; */ 2);\n'
+        'INSERT INTO public."Weird Name" VALUES (1, $$x;y$$, /* c; /* nested; */ d; */ 2);\n'
         "COPY public.c (a, b) FROM stdin;\n1\tx;y\n2\t\\N\n\\.\n"
         "COPY public.empty (a) FROM stdin;\n\\.\n"
         "SELECT 1;\n"
