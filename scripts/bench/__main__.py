@@ -1,0 +1,5 @@
+"""``python -m scripts.bench``"""
+
+from .main import main
+
+raise SystemExit(main())
