@@ -91,6 +91,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(f"hive_bridge_{name}", help_text, default=default)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse bad option values at once (a UsageError), not when the first fixture runs."""
+    PluginSettings.from_config(config)
+
+
 @dataclass(frozen=True)
 class PluginSettings:
     data_dir: Path | None
