@@ -132,6 +132,11 @@ def test_backend_inference(values: dict[str, str], backend: str, url: str, tmp_p
         ({"BRIDGE_PORT": "http"}, "HIVE_BRIDGE_PORT", "not a TCP port number"),
         ({"BRIDGE_PORT": "70000"}, "HIVE_BRIDGE_PORT", "not a TCP port number"),
         ({"BRIDGE_PORT": "-1"}, "HIVE_BRIDGE_PORT", "not a TCP port number"),
+        ({"BRIDGE_HEALTH_INTERVAL": "0"}, "HIVE_BRIDGE_HEALTH_INTERVAL", "not a number > 0"),
+        ({"BRIDGE_HEALTH_TIMEOUT": "soon"}, "HIVE_BRIDGE_HEALTH_TIMEOUT", "not a number > 0"),
+        ({"BRIDGE_HEALTH_FAILURES": "1.5"}, "HIVE_BRIDGE_HEALTH_FAILURES", "a whole number > 0"),
+        ({"BRIDGE_VACUUM_INTERVAL": "-1"}, "HIVE_BRIDGE_VACUUM_INTERVAL", "not a number >= 0"),
+        ({"BRIDGE_VACUUM_SCALE_FACTOR": "nan"}, "HIVE_BRIDGE_VACUUM_SCALE_FACTOR", ">= 0"),
     ],
 )
 def test_bad_settings(values: dict[str, str], variable: str, text: str, tmp_path: Path) -> None:
@@ -174,6 +179,34 @@ def test_bridge_settings(tmp_path: Path) -> None:
     assert settings.run_dir == Path("/run/hive")
     assert settings.port == 55432
     assert settings.host == "127.0.0.2"
+
+
+def test_watchdog_and_vacuum_settings_reach_the_supervisor(tmp_path: Path) -> None:
+    from hive_bridge import SupervisorOptions
+
+    defaults = SupervisorOptions.from_settings(load_bridge_settings({}, dotenv=False))
+    assert defaults == SupervisorOptions()
+    settings = load_bridge_settings(
+        env(
+            BRIDGE_HEALTH_INTERVAL="0.5",
+            BRIDGE_HEALTH_TIMEOUT="10",
+            BRIDGE_HEALTH_FAILURES="4",
+            BRIDGE_VACUUM_INTERVAL="0",
+            BRIDGE_VACUUM_THRESHOLD="1000",
+            BRIDGE_VACUUM_SCALE_FACTOR="0.05",
+        ),
+        cwd=tmp_path,
+        dotenv=False,
+    )
+    options = SupervisorOptions.from_settings(settings)
+    assert (options.health_interval, options.health_timeout, options.health_failures) == (
+        0.5,
+        10.0,
+        4,
+    )
+    assert (options.vacuum_interval, options.vacuum_threshold) == (0.0, 1000)
+    assert options.vacuum_scale_factor == 0.05
+    assert options.startsecs == defaults.startsecs  # the rest keeps its defaults
 
 
 def test_bridge_settings_ignore_database_variables(tmp_path: Path) -> None:
