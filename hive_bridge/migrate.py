@@ -31,7 +31,7 @@ from .errors import HiveBridgeError, MigrateError, TargetNotEmptyError
 from .load import LoadStats, load_statements, target_objects
 from .locate import BridgeInstall
 from .paths import RUN_DIR_SUFFIX, RunPaths
-from .sqlscript import copy_rows, data_table, split_script
+from .sqlscript import ScriptError, copy_rows, data_table, split_script
 from .verify import Comparison, Fingerprint, compare, fingerprint_from_rows, run_queries
 
 __all__ = [
@@ -188,7 +188,15 @@ def _load_into_new_pglite(
     _check_new_dir(data_dir, action=action, cmd=cmd)
     tmp = data_dir.with_name(f"{data_dir.name}.tmp-{os.getpid()}")
     tmp_run = tmp.with_name(tmp.name + RUN_DIR_SUFFIX)
-    statements = list(split_script(sql))
+    try:
+        statements = list(split_script(sql))
+    except ScriptError as exc:
+        raise MigrateError(
+            action=action,
+            where=str(data_dir),
+            problem=f"the dump cannot be read ({exc}); nothing was written",
+            fix="pass a plain SQL dump written by hive-bridge dump or pg_dump",
+        ) from exc
     if source is None:  # no source to ask: the dump's own data is the reference
         expected: dict[str, int] = {}
         for stmt in statements:
@@ -237,9 +245,16 @@ def _load_into_new_pglite(
                     source.tables[name] = (0, checksum)
         comparison = compare(source, target)
         if comparison.ok:
-            if data_dir.exists():
-                data_dir.rmdir()  # empty (checked), replaced atomically below
-            os.rename(tmp, data_dir)
+            try:
+                os.rename(tmp, data_dir)  # atomic; replaces an empty directory only
+            except OSError as exc:
+                raise MigrateError(
+                    action=action,
+                    where=str(data_dir),
+                    problem=f"it was created by someone else meanwhile ({exc.strerror}); the new "
+                    "database was not kept",
+                    fix=f"pass a new path: {cmd} --data-dir {shlex.quote(str(data_dir) + '.new')}",
+                ) from exc
         return comparison, stats
     except HiveBridgeError:
         raise

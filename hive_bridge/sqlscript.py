@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = [
+    "ScriptError",
     "Statement",
     "compat_text",
     "copy_rows",
