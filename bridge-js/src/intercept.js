@@ -61,6 +61,15 @@ export class Intercepts {
     for (const m of s.inbox) {
       n += 1;
       if (m.type === FLUSH || m.type === SYNC) continue; // ignored during COPY, as PostgreSQL does
+      if (m.type === 0x58 /* Terminate */) {
+        // the client leaves in the middle of its COPY: PGlite would exit on a Terminate (crashing the
+        // engine under everyone); the COPY never reached it, so there is nothing to undo
+        s.takeInbox(n);
+        s.copy = null;
+        s.socket.end();
+        s.close('Terminate during COPY FROM STDIN');
+        return true;
+      }
       s.copy.append(m.buf);
       if (m.type !== COPY_DATA) {
         done = true; // CopyDone, CopyFail, or anything else (which makes the backend fail the COPY)

@@ -110,6 +110,11 @@ def _prepare_leave(raw: RawConn, how: str) -> None:
         raw.send(query_message("COPY public.leak_rows FROM STDIN"))
         assert raw.read_message()[0] == b"G"
         raw.send(message(b"d", b"1\n"))
+    elif how == "terminate_mid_copy":
+        raw.send(query_message("COPY public.leak_rows FROM STDIN"))
+        assert raw.read_message()[0] == b"G"
+        raw.send(message(b"d", b"1\n") + message(b"X"))
+        raw.read_to_eof(timeout=20)
     elif how == "mid_batch":
         # Parse/Bind/Execute of an INSERT and no Sync: PostgreSQL rolls it back when the client goes
         raw.send(_parse_bind_execute("INSERT INTO public.leak_rows VALUES (2)"))
@@ -117,11 +122,20 @@ def _prepare_leave(raw: RawConn, how: str) -> None:
         raise AssertionError(how)
 
 
-LEAVES = ["terminate", "drop", "mid_transaction", "after_error", "mid_copy", "mid_batch"]
+LEAVES = [
+    "terminate",
+    "drop",
+    "mid_transaction",
+    "after_error",
+    "mid_copy",
+    "terminate_mid_copy",
+    "mid_batch",
+]
 
 
 @pytest.mark.parametrize("method", sorted(POLLUTE_SQL))
 def test_a_leaving_client_leaves_nothing(server: WireServer, method: str) -> None:
+    restarts = server.stats()["backend_restarts"]
     with psycopg.connect(server.dsn, autocommit=True) as observer:
         _check_baseline(observer, "before")
         for how in LEAVES:
@@ -136,6 +150,8 @@ def test_a_leaving_client_leaves_nothing(server: WireServer, method: str) -> Non
                 _check_baseline(fresh, f"{method}, then left by {how}: a new client")
         # nothing a leaving client did not commit became visible
         assert observer.execute("SELECT count(*) FROM leak_rows").fetchone() == (0,)
+    # and no way of leaving crashed the engine under everyone (a Terminate inside a COPY did)
+    assert server.stats()["backend_restarts"] == restarts
 
 
 def test_prepared_set_config_and_startup_options_stay_with_their_client(
