@@ -41,6 +41,7 @@ from .lock import DataDirLock, is_locked
 from .logs import configure_logging
 from .paths import (
     RunPaths,
+    discard_unused_run_dir,
     ensure_password,
     ensure_socket_dir,
     memory_run_paths,
@@ -137,7 +138,18 @@ class Bridge:
         if self.data_dir is None:
             self._start_owned(memory_run_paths(), lock=None)
             return self
+        fresh = not run_paths_for(
+            self.data_dir, run_dir=self._run_dir, create=False
+        ).run_dir.exists()
         paths = run_paths_for(self.data_dir, run_dir=self._run_dir)
+        try:
+            return self._start_on_disk(paths)
+        except BaseException:
+            if fresh:  # a failed first start leaves no empty run dir behind
+                discard_unused_run_dir(paths)
+            raise
+
+    def _start_on_disk(self, paths: RunPaths) -> Bridge:
         if self.shared:
             self._start_shared(paths)
             return self

@@ -21,11 +21,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, DataDirLockedError
+from .lock import DataDirLock
 
 __all__ = [
     "MAX_DEFAULT_SOCKET_PATH",
     "RunPaths",
+    "discard_unused_run_dir",
     "ensure_password",
     "ensure_private_dir",
     "ensure_socket_dir",
@@ -114,6 +116,51 @@ def run_paths_for(
         _make_dir(real.parent, data_dir=real)
         _make_dir(target, data_dir=real, mode=0o700)
     return paths
+
+
+#: what a failed first start may leave in a run dir that is worth nothing without a data dir
+_DISPOSABLE_FILES = frozenset({"lock", "users.lock", "password", "port", "state.json"})
+_DISPOSABLE_DIRS = frozenset({"users", "sock"})
+
+
+def discard_unused_run_dir(paths: RunPaths) -> bool:
+    """After a failed *first* start: remove the run dir if nothing in it is worth keeping.
+
+    Kept when the data dir exists and is not empty (its password must stay), when there is a log
+    (the error message points at it) or anything else, and when another process holds the lock.
+    Returns whether it was removed.
+    """
+    data_dir = paths.data_dir
+    try:
+        if data_dir is not None and data_dir.is_dir() and any(data_dir.iterdir()):
+            return False
+        entries = list(paths.run_dir.iterdir())
+    except OSError:
+        return False
+    for entry in entries:
+        if entry.name in _DISPOSABLE_FILES and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.name in _DISPOSABLE_DIRS and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        return False
+    try:
+        lock = DataDirLock.acquire(paths.lock, data_dir=str(data_dir))
+    except (DataDirLockedError, OSError):
+        return False  # someone else is starting it right now
+    try:
+        for entry in entries:
+            if entry.is_dir():
+                entry.rmdir()
+            else:
+                entry.unlink(missing_ok=True)
+        if data_dir is not None and data_dir.is_dir():
+            data_dir.rmdir()  # empty: a failed start created it
+        paths.run_dir.rmdir()
+    except OSError:
+        return False
+    finally:
+        lock.release()
+    return True
 
 
 def memory_run_paths() -> RunPaths:

@@ -26,6 +26,7 @@ from hive_bridge import (
     BridgeStartError,
     DataDirError,
     DataDirLockedError,
+    HiveBridgeError,
     PortInUseError,
     State,
 )
@@ -420,6 +421,16 @@ def fake_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str]
         return spawns
 
     return use
+
+
+def test_a_failed_first_start_leaves_no_run_dir_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HIVE_BRIDGE_NODE", str(tmp_path / "no-such-node"))
+    data_dir = tmp_path / "new" / "app.db"
+    with pytest.raises(HiveBridgeError):
+        Bridge(data_dir, options=FAST).start()
+    assert sorted(p.name for p in data_dir.parent.iterdir()) == []
 
 
 def test_failing_start_is_retried_then_fatal(
