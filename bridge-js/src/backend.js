@@ -77,8 +77,8 @@ export class Backend extends EventEmitter {
     }
     const t = info.timings || {};
     this.log.debug(`backend generation ${this.generation} open in ${Date.now() - started} ms: worker up to PGlite ready ` +
-      `${t.total_ms} ms (import ${t.import_ms} ms; in parallel: WASM read+compile ${t.wasm_compile_ms} ms, ` +
-      `fs bundle read ${t.fs_bundle_ms} ms; then backend start ${t.backend_start_ms} ms: bundle unpack, data dir, PostgreSQL)`);
+      `${t.total_ms} ms (import ${t.import_ms} ms; in parallel: WASM read+compile ${t.wasm_compile_ms} ms; ` +
+      `then backend start ${t.backend_start_ms} ms: fs bundle read+unpack, data dir, PostgreSQL)`);
     this.timings = t;
     return this.info;
   }
