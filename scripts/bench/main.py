@@ -199,8 +199,8 @@ def notes(res: dict[str, Any], cfg: Config, took: float, load0: float) -> list[s
         "Session each (read, 200 ms think with the transaction open, write, commit); the floor "
         f"is {cfg.session_requests * 0.2:.1f} s.",
         "Memory: RSS of the server's processes (PostgreSQL: summed over its processes, shared "
-        "memory counted in each), 2 s after the step; idle PSS = proportional set size 1 s after a "
-        "warm start (hive-bridge: supervisor + Node).",
+        "memory counted in each), 5 s after `pgbench -i` and at the end; idle PSS = proportional "
+        "set size 1 s after a warm start (hive-bridge: supervisor + Node).",
         "Server CPU per query: user + system CPU of the server's processes (all threads, reaped "
         "backends included) during `pgbench -M prepared -c 8 -f select1.sql "
         f"-T {cfg.pgbench_s}`, divided by the transactions.",

@@ -36,8 +36,8 @@ class Config:
     pgbench_s: int
 
 
-def _settle() -> None:
-    time.sleep(2.0)  # let V8 collect and the allocator give back what it will
+def _settle(seconds: float = 2.0) -> None:
+    time.sleep(seconds)  # let V8 collect and the allocator give back what it will
 
 
 def run_workload(t: Server, data_dir: Path, cfg: Config, work: Path) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def run_workload(t: Server, data_dir: Path, cfg: Config, work: Path) -> dict[str
             init_timeout = 600 if not cfg.quick else 300
             r["pgbench_init"] = pgbench.init(h, cfg.init_scale, t.pgbench_init_steps, init_timeout)
             log(t.name, f"pgbench -i -s {cfg.init_scale}: {r['pgbench_init']}")
-            _settle()
+            _settle(5.0)  # hive-bridge gives buffers back after 2 s idle
             r["mem_after_init"] = memory_of(h.pids())
             log(t.name, f"memory after pgbench -i: {r['mem_after_init']}")
         lat_timeout = 60 + cfg.lat_n * 0.01
@@ -102,7 +102,7 @@ def run_workload(t: Server, data_dir: Path, cfg: Config, work: Path) -> dict[str
                     + (f" ({res['error']})" if res.get("error") else ""),
                 )
             r["pgbench"] = runs
-        _settle()
+        _settle(5.0)
         r["mem_end"] = memory_of(h.pids())
     finally:
         try:
