@@ -24,14 +24,11 @@ from typing import Any
 import psutil
 
 from . import __version__
-from .backup import backup_offline, backup_online, restore
 from .bridge import Bridge
 from .clients import format_clients, list_clients, terminate_client
 from .config import BridgeSettings, check_exposure, load_bridge_settings, load_settings
 from .daemon import run_daemon
-from .doctor import run_doctor
 from .dsn import async_sqlalchemy_url, libpq_dsn, sqlalchemy_url, unix_dsn
-from .dump import dump_pglite, write_new_file
 from .errors import (
     BridgeNotRunningError,
     BridgeStartError,
@@ -46,7 +43,6 @@ from .leases import live_users
 from .locate import check_js_dir, default_js_dir, locate
 from .lock import is_locked, read_lock_owner
 from .logs import configure_logging
-from .migrate import env_lines, migrate_from, migrate_to, restore_dump, update_env
 from .node import describe_running_node
 from .paths import RunPaths, read_password, run_paths_for
 from .statefile import BridgeState, process_matches, read_live_state, remove_state
@@ -55,6 +51,9 @@ from .supervisor import State, SupervisorOptions
 from .watchdog import describe_activity
 
 __all__ = ["main"]
+
+# backup, doctor, dump and migrate (psycopg, httpx, tarfile, importlib.metadata) are imported by
+# their commands only: `hive-bridge start` pays for what starting needs, nothing else
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -481,6 +480,8 @@ def cmd_url(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    from .backup import backup_offline, backup_online
+
     target = _target(args)
     paths = target.paths(create=args.offline)  # the lock file lives in the run dir
     if args.offline:
@@ -507,6 +508,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from .backup import restore
+
     if not args.data_dir:
         raise ConfigError(
             setting="--data-dir",
@@ -562,6 +565,8 @@ def _is_sql_dump(path: Path) -> bool:
 
 
 def _restore_dump(target: _Target, dump: Path) -> int:
+    from .migrate import restore_dump
+
     assert target.data_dir is not None
     report = restore_dump(dump.absolute(), target.data_dir, target.settings, progress=_progress)
     _out("\n".join(report.lines()))
@@ -577,6 +582,8 @@ def _restore_dump(target: _Target, dump: Path) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
+    from .dump import dump_pglite, write_new_file
+
     target = _target(args)
     paths = target.paths(create=True)
     settings = target.settings
@@ -606,6 +613,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def _print_env(lines: list[str], args: argparse.Namespace) -> None:
+    from .migrate import update_env
+
     if args.update_env:
         env_file = Path(args.env_file).absolute()
         backup = update_env(env_file, lines)
@@ -617,6 +626,8 @@ def _print_env(lines: list[str], args: argparse.Namespace) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate import env_lines, migrate_from, migrate_to
+
     target = _target(args)
     settings = target.settings
     if args.to:
@@ -668,6 +679,8 @@ def cmd_terminate(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
     def data_dir() -> Path | None:
         return _target(args).data_dir
 

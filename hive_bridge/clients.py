@@ -14,8 +14,6 @@ import time
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from .admin import get_clients, post_terminate
 from .errors import ClientError
 from .paths import RunPaths, read_password
@@ -25,6 +23,8 @@ __all__ = ["format_clients", "list_clients", "terminate_client"]
 
 
 def _call(action: str, paths: RunPaths, state: BridgeState, fn: Any, *args: Any) -> Any:
+    import httpx  # only when asked: the CLI imports this module for every command
+
     q = shlex.quote(str(paths.data_dir))
     if state.admin_port is None:
         raise ClientError(
