@@ -12,6 +12,7 @@
 // stdout: one JSON line, {"event":"dumped","bytes":N,"ms":N,"pg_dump_version":"…","fingerprint":{name: rows}}
 // or {"event":"error","code":"…","message":"…"} (exit 1). Rows are arrays of text (or null).
 import fs from 'node:fs';
+import v8 from 'node:v8';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { packageVersion } from './src/versions.js';
@@ -35,6 +36,10 @@ const log = {
 };
 
 async function main() {
+  // V8's baseline compiler only, as the server does: measured on a loaded 2-core machine, opening the
+  // copy and dumping 55k rows took 3 s + 5 s instead of 6.5 s + 16 s with TurboFan tiering up the two
+  // WASM modules (PostgreSQL and pg_dump) in the background. Must run before they are compiled.
+  v8.setFlagsFromString('--liftoff-only');
   const { values } = parseArgs({
     options: {
       'data-dir': { type: 'string' },
