@@ -315,3 +315,23 @@ def test_an_unknown_extension_name_is_refused_with_the_shipped_list() -> None:
     message = str(info.value)
     assert "unknown extension(s) postgis" in message
     assert "citext" in message and "vector" in message  # what is shipped instead
+
+
+def test_bundles_are_extracted_once_and_repaired_when_files_go_missing(
+    fresh_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server with an empty cache extracts the bundles itself; one that finds files of them gone
+    (a cache cleaner) extracts those again instead of failing at CREATE EXTENSION."""
+    monkeypatch.setenv("HIVE_BRIDGE_CACHE_DIR", str(tmp_path / "cache"))
+    with Bridge(fresh_data_dir, options=FAST):
+        (extracted,) = (tmp_path / "cache" / "extensions").iterdir()
+    citext = extracted / "citext"
+    (citext / "share/postgresql/extension/citext.control").unlink()
+    (citext / "lib/postgresql/citext.so").unlink()
+    with (
+        Bridge(fresh_data_dir, options=FAST) as bridge,
+        psycopg.connect(bridge.dsn, autocommit=True) as conn,
+    ):
+        conn.execute("CREATE EXTENSION citext")
+        assert conn.execute("SELECT 'A'::citext = 'a'").fetchone() == (True,)
+    assert (citext / "lib/postgresql/citext.so").is_file()

@@ -107,16 +107,21 @@ function cacheKey(bundles) {
  */
 export function extractBundles(bundles, root, log) {
   const manifestPath = path.join(root, MANIFEST);
+  let manifest = null;
   try {
-    return { root, manifest: JSON.parse(fs.readFileSync(manifestPath, 'utf8')) };
+    manifest = JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
   } catch {
     // not extracted yet (or cut short): extract
+  }
+  if (manifest) {
+    repair(bundles, root, manifest, log);
+    return { root, manifest };
   }
   const t0 = Date.now();
   fs.mkdirSync(path.dirname(root), { recursive: true });
   const tmp = `${root}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
-  const manifest = { pglite_version: packageVersion('@electric-sql/pglite'), bundles: {} };
+  manifest = { pglite_version: packageVersion('@electric-sql/pglite'), bundles: {} };
   try {
     for (const b of bundles) {
       const entries = untar(zlib.gunzipSync(fs.readFileSync(b.file)));
@@ -136,6 +141,28 @@ export function extractBundles(bundles, root, log) {
   }
   log.info(`extracted ${bundles.length} extension bundles into ${root} in ${Date.now() - t0} ms (once per PGlite version)`);
   return { root, manifest };
+}
+
+/**
+ * A file someone removed from the cache (a cache cleaner, a partial copy) would only fail at the first
+ * CREATE EXTENSION that needs it: check them all (a few hundred stat calls) and extract a damaged bundle
+ * again, file by file, in place (running servers may be reading the others).
+ */
+function repair(bundles, root, manifest, log) {
+  for (const b of bundles) {
+    const desc = manifest.bundles[b.bundle];
+    if (!desc) throw new Error(`the extracted bundles in ${root} lack ${b.bundle}`);
+    if (desc.files.every((f) => fs.existsSync(path.join(root, b.bundle, f)))) continue;
+    for (const e of untar(zlib.gunzipSync(fs.readFileSync(b.file)))) {
+      const dst = path.join(root, b.bundle, e.name);
+      if (fs.existsSync(dst)) continue;
+      fs.mkdirSync(path.dirname(dst), { recursive: true });
+      const tmp = `${dst}.tmp-${process.pid}`;
+      fs.writeFileSync(tmp, e.data);
+      fs.renameSync(tmp, dst);
+    }
+    log.warn(`files of extension bundle ${b.bundle} were missing from ${root}: extracted them again`);
+  }
 }
 
 /** Only describe the bundles (in memory), for when nothing can be written to the cache. */
