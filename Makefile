@@ -52,7 +52,9 @@ $(NPM_STAMP): $(JS)/package-lock.json $(JS)/package.json | $(PY_STAMP)
 # the pristine data-dir template (initdb in wasm, ~3 s, once per PGlite version): new data dirs are
 # then a ~0.1 s copy, so the first `make run` starts fast. Cached in $HIVE_BRIDGE_CACHE_DIR or
 # ~/.cache/hive-bridge; the stamp lives in node_modules, so a new PGlite (npm ci) builds it again.
-$(TEMPLATE_STAMP): $(NPM_STAMP)
+# datadir.js names the template dir, extensions.js the extracted extension bundles: a change there
+# makes a new cache entry, so build it here rather than at the first start
+$(TEMPLATE_STAMP): $(NPM_STAMP) $(JS)/src/datadir.js $(JS)/src/extensions.js
 	@echo "==> [4/4] data-dir template (initdb in WASM, ~3 s, once per PGlite version)"
 	$(NODE_TOOL) node $(JS)/server.js --prepare-template
 	@touch $@
