@@ -10,20 +10,21 @@
 //   node dump.js --data-dir DIR --out FILE [--extensions all] [--queries FILE] [--pg-dump-arg ARG]...
 //
 // stdout: one JSON line, {"event":"dumped","bytes":N,"ms":N,"pg_dump_version":"…","fingerprint":{name: rows}}
-// or {"event":"error","code":"…","message":"…"} (exit 1). Rows are arrays of text (or null).
+// or {"event":"error","code":"…","message":"…","hint":"…"|null} (exit 1). Rows are arrays of text (or null).
 import fs from 'node:fs';
 import v8 from 'node:v8';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { packageVersion } from './src/versions.js';
 import * as Extensions from './src/extensions.js';
+import { checkStamp } from './src/datadir.js';
 
 function emit(obj) {
   process.stdout.write(`${JSON.stringify(obj)}\n`);
 }
 
-function fail(code, message) {
-  emit({ event: 'error', code, message });
+function fail(code, message, hint = null) {
+  emit({ event: 'error', code, message, hint });
   process.exit(1);
 }
 
@@ -53,6 +54,11 @@ async function main() {
   if (!values['data-dir'] || !values.out) fail('bad_args', '--data-dir DIR and --out FILE are required');
   const dataDir = path.resolve(values['data-dir']);
   if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) fail('not_a_data_dir', `${dataDir} is not a data dir (no PG_VERSION)`);
+  try {
+    checkStamp(dataDir, packageVersion('@electric-sql/pglite')); // a foreign PGlite version: refused untouched
+  } catch (err) {
+    fail(err.code || 'version_mismatch', err.message, err.hint);
+  }
   const queries = values.queries ? JSON.parse(fs.readFileSync(values.queries, 'utf8')) : {};
   const t0 = Date.now();
   const { PGlite } = await import('@electric-sql/pglite');

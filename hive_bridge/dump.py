@@ -204,6 +204,14 @@ def _run_dump_js(
                 break
     if result.get("event") != "dumped" or proc.returncode != 0:
         detail = result.get("message") or (proc.stderr or proc.stdout).strip()[-800:]
+        if result.get("code") == "version_mismatch":
+            raise MigrateError(
+                action="dump",
+                where=source,
+                problem=f"{detail}; nothing was changed",
+                fix="dump it with the hive-bridge whose PGlite made it (hive-bridge dump FILE), "
+                "then load that dump here: hive-bridge restore FILE --data-dir NEW",
+            )
         raise MigrateError(
             action="dump",
             where=source,

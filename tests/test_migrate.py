@@ -487,3 +487,18 @@ def test_split_script_follows_quotes_dollar_quotes_copy_and_meta_commands() -> N
     assert isinstance(stmts[0], Statement) and stmts[0].line == 1
     assert "-- SET transaction_timeout" in compat_text(script)
     assert "\nSET transaction_timeout" not in compat_text(script)
+
+
+@pytest.mark.timeout(120)
+def test_dump_of_a_data_dir_of_another_pglite_version_is_refused_untouched(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    old.mkdir()
+    (old / "PG_VERSION").write_text("17\n")
+    (old / "hive-bridge.json").write_text('{"pglite_version": "0.4.3", "postgres_version": "17.4"}')
+    before = sorted(p.name for p in old.iterdir())
+    result = run_cli("dump", str(tmp_path / "old.sql"), "--data-dir", str(old))
+    assert result.returncode == 1
+    assert "created by PGlite 0.4.3" in result.stderr and "nothing was changed" in result.stderr
+    assert "hive-bridge restore FILE --data-dir NEW" in result.stderr
+    assert sorted(p.name for p in old.iterdir()) == before
+    assert not (tmp_path / "old.sql").exists()
