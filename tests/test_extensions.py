@@ -335,3 +335,18 @@ def test_bundles_are_extracted_once_and_repaired_when_files_go_missing(
         conn.execute("CREATE EXTENSION citext")
         assert conn.execute("SELECT 'A'::citext = 'a'").fetchone() == (True,)
     assert (citext / "lib/postgresql/citext.so").is_file()
+
+
+def test_a_narrowed_server_offers_the_named_extensions_and_what_they_require(
+    fresh_data_dir: Path,
+) -> None:
+    with (
+        Bridge(fresh_data_dir, extensions=("earthdistance",), options=FAST) as bridge,
+        psycopg.connect(bridge.dsn, autocommit=True) as conn,
+    ):
+        rows = conn.execute("SELECT name FROM pg_available_extensions ORDER BY 1").fetchall()
+        assert rows == [("cube",), ("earthdistance",), ("plpgsql",)]
+        conn.execute("CREATE EXTENSION earthdistance CASCADE")  # cube comes with it
+        assert conn.execute(
+            "SELECT earth_distance(ll_to_earth(0, 0), ll_to_earth(0, 0))"
+        ).fetchone() == (0.0,)

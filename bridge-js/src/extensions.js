@@ -24,6 +24,7 @@ const BUNDLE_PACKAGES = ['@electric-sql/pglite', '@electric-sql/pglite-pgvector'
 /** Where the extracted bundles appear inside PGlite's file system. */
 const MOUNT = '/hive-bridge-extensions';
 const MANIFEST = 'manifest.json';
+const MANIFEST_FORMAT = 2; // part of the cache key: a new format extracts afresh
 /** Names users know from elsewhere (the stock pglite-server's `-e pgvector`). */
 const ALIASES = { pgvector: 'vector' };
 
@@ -85,18 +86,25 @@ export function untar(buf) {
   return files;
 }
 
-/** What a bundle provides: its files and the extensions (control files) among them. */
+/** What a bundle provides: its files, the extensions (control files) among them and what they require. */
 function describe(entries) {
   const files = entries.map((e) => e.name).sort();
-  const extensions = files
-    .filter((f) => f.startsWith('share/postgresql/extension/') && f.endsWith('.control'))
-    .map((f) => path.posix.basename(f, '.control'));
-  return { files, extensions };
+  const extensions = [];
+  const requires = {};
+  for (const e of entries) {
+    if (!e.name.startsWith('share/postgresql/extension/') || !e.name.endsWith('.control')) continue;
+    const ext = path.posix.basename(e.name, '.control');
+    extensions.push(ext);
+    const m = /^\s*requires\s*=\s*'([^']*)'/m.exec(e.data.toString('utf8'));
+    requires[ext] = m ? m[1].split(',').map((r) => r.trim()).filter(Boolean) : [];
+  }
+  return { files, extensions: extensions.sort(), requires };
 }
 
 /** The extracted bundles are valid for exactly this set of bundle files. */
 function cacheKey(bundles) {
   const h = crypto.createHash('sha256');
+  h.update(`manifest ${MANIFEST_FORMAT}\n`);
   for (const b of bundles) h.update(`${b.pkg}@${b.version}/${b.bundle}:${fs.statSync(b.file).size}\n`);
   return h.digest('hex').slice(0, 12);
 }
@@ -193,7 +201,13 @@ export function select(requested, manifest) {
       throw new StartError('bad_args', `unknown extension(s) ${unknown.join(', ')}: PGlite ${manifest.pglite_version} ships ${known.join(', ')}`,
         'leave --extensions at its default (all), or name extensions from that list');
     }
-    bundles = [...new Set(names.map((n) => byExtension.get(n)))];
+    // and what they require (earthdistance needs cube), so CREATE EXTENSION … CASCADE works
+    const wanted = [...names];
+    for (let i = 0; i < wanted.length; i++) {
+      const desc = manifest.bundles[byExtension.get(wanted[i])];
+      for (const r of desc.requires?.[wanted[i]] ?? []) if (byExtension.has(r) && !wanted.includes(r)) wanted.push(r);
+    }
+    bundles = [...new Set(wanted.map((n) => byExtension.get(n)))];
   }
   bundles.sort();
   const offered = [...new Set(bundles.flatMap((b) => manifest.bundles[b].extensions))].sort();
