@@ -294,10 +294,12 @@ SHARED_APP = textwrap.dedent(
     engine = hive_bridge.create_engine()
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
-    print(engine.url.port, flush=True)
+    def port(url):  # TCP (…:PORT/…) or the Unix socket (…?host=DIR&port=PORT)
+        return url.port or url.query["port"]
+    print(port(engine.url), flush=True)
     sys.stdin.readline()  # the test SIGKILLs the shared supervisor meanwhile
     # what the app does next: its next create_engine()/database_url() starts a new supervisor
-    print(make_url(hive_bridge.database_url()).port, flush=True)
+    print(port(make_url(hive_bridge.database_url())), flush=True)
     with engine.connect() as conn:  # the engine made before the kill
         print(conn.execute(text("SELECT 42")).scalar(), flush=True)
     """
