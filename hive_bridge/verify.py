@@ -2,8 +2,9 @@
 
 The fingerprint is a handful of plain ``SELECT`` queries (:data:`QUERIES`), so the same text runs on
 PGlite inside the dump helper (bridge-js/dump.js, on the very snapshot that was dumped), on a
-PostgreSQL server through psycopg, and on a bridge. Per table: the row count and an md5 over the
-md5 of every row's text, sorted (independent of row order and collation). Also sequences, indexes
+PostgreSQL server through psycopg, and on a bridge. Per table: the row count and the sums of the
+two 64-bit halves of every row text's md5 (independent of row order and collation, in constant
+memory, no sort; duplicate rows do not cancel out as they would with XOR). Also sequences, indexes
 (HNSW included), extensions, views, functions and constraints by name and definition, and for every
 serial/identity column whether its sequence is past the column's largest value (the next insert
 must not collide). Per-table queries are built inside the server with ``query_to_xml``, which needs
@@ -41,7 +42,8 @@ WITH ns AS ({_USER_NS})
 SELECT format('%I.%I', ns.nspname, c.relname),
        query_to_xml(format(
          'SELECT count(*)::text || '' '' ||
-                 coalesce(md5(string_agg(h, '''' ORDER BY h COLLATE "C")), '''') AS v
+                 coalesce(sum((''x'' || left(h, 16))::bit(64)::bigint::numeric), 0)::text || '':'' ||
+                 coalesce(sum((''x'' || right(h, 16))::bit(64)::bigint::numeric), 0)::text AS v
             FROM (SELECT md5(ROW(r.*)::text) AS h FROM %I.%I r) s', ns.nspname, c.relname),
          false, true, '')::text
 FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
