@@ -382,6 +382,23 @@ def test_migrate_from_without_pg_dump_says_how_to_get_it(tmp_path: Path) -> None
     assert not (tmp_path / "n").exists()
 
 
+@pytest.mark.timeout(120)
+def test_migrate_from_with_a_pg_dump_older_than_the_server_says_so(
+    pg15: Cluster, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "pg_dump"
+    fake.write_text('#!/bin/sh\necho "pg_dump (PostgreSQL) 14.9"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    result = run_cli("migrate", "--from", pg15.url(), "--data-dir", str(tmp_path / "n"), env=env)
+    assert result.returncode == 1
+    assert "14.9, older than the source server (PostgreSQL 15)" in result.stderr
+    assert "postgresql-client-15" in result.stderr
+    assert not (tmp_path / "n").exists()
+
+
 # ---------------------------------------------------------------------------- dump while writing
 
 
