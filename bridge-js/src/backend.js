@@ -9,6 +9,7 @@ import { Worker } from 'node:worker_threads';
 import { EventEmitter } from 'node:events';
 import { Channel, OP_EXEC, OP_CLOSE } from './channel.js';
 import { startupMessage, parseMessages } from './protocol.js';
+import { Marks, OP_EXEC_MANY, OP_EXEC_IF, encodeMany, encodeIf } from './multi.js';
 
 export class BackendError extends Error {
   constructor(message, { fatal = true } = {}) {
@@ -37,11 +38,13 @@ export class Backend extends EventEmitter {
   }
 
   async open() {
+    this.marks = Marks.create();
     const started = Date.now();
     this.channel = Channel.create();
     const worker = new Worker(new URL('./pglite-worker.js', import.meta.url), {
       workerData: {
         channel: this.channel.shared,
+        marks: this.marks.sab,
         dataDir: this.dataDir,
         extensions: this.extensions,
         startParams: this.startParams,
@@ -92,13 +95,22 @@ export class Backend extends EventEmitter {
   }
 
   /** Run frontend messages; resolves to the backend's output. Throws BackendError if PGlite failed. */
-  async exec(bytes) {
+  exec(bytes) {
+    return this.call(OP_EXEC, bytes);
+  }
+
+  /** Run `first`; run `then` in the same hop only if first's first DataRow starts with an empty value. */
+  execIf(first, then) {
+    return this.call(OP_EXEC_IF, encodeIf(first, then));
+  }
+
+  async call(op, bytes) {
     if (!this.ready) throw new BackendError('the database backend is not open');
     if (this.busy) throw new Error('backend exec while busy (scheduler bug)');
     this.busy = true;
     try {
       const channel = this.channel;
-      const r = await channel.call(OP_EXEC, bytes);
+      const r = await channel.call(op, bytes);
       this.execs += 1;
       if (!r.ok) {
         if (channel === this.channel) this.ready = false;
@@ -108,6 +120,47 @@ export class Backend extends EventEmitter {
     } finally {
       this.busy = false;
     }
+  }
+
+  /**
+   * Run several requests in one hop (batch.js, multi.js). Resolves to { outs, error }: the output of each
+   * request that finished, in order, and a BackendError if PGlite failed or the worker was stopped before
+   * the last one finished (the requests after outs.length did not complete).
+   */
+  async execMany(segments) {
+    if (!this.ready) throw new BackendError('the database backend is not open');
+    if (this.busy) throw new Error('backend exec while busy (scheduler bug)');
+    this.busy = true;
+    const marks = this.marks;
+    const channel = this.channel;
+    marks.reset(segments.length);
+    try {
+      const r = await channel.call(OP_EXEC_MANY, encodeMany(segments));
+      this.execs += 1;
+      const source = r.ok ? r.data : channel.resp; // a stopped worker's answers are still in shared memory
+      const outs = [];
+      for (let i = 0; i < marks.done(); i++) {
+        const [start, end] = marks.range(i);
+        outs.push(Buffer.from(source.subarray(start, end)));
+      }
+      const failure = marks.failure();
+      if (r.ok && !failure) return { outs, error: null };
+      if (channel === this.channel) this.ready = false;
+      const text = failure ? Buffer.from(source.subarray(failure[0], failure[1])).toString('utf8') : 'PGlite worker stopped';
+      return { outs, error: new BackendError(text) };
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** How many requests of the running batch have finished. */
+  batchProgress() {
+    return this.marks ? this.marks.done() : 0;
+  }
+
+  /** Skip request i of the running batch if it has not started; true if it will not run. */
+  skipInBatch(i) {
+    return this.marks ? this.marks.skip(i) : false;
   }
 
   /** Stop whatever runs (terminating the worker) and open the data dir again. */

@@ -21,23 +21,37 @@ import { QUERY, DATA_ROW, ERROR, READY } from './msgtypes.js';
 
 const END_RE = /^(commit|end|rollback|abort)(?:\s+(?:work|transaction))?\s*;?\s*$/i;
 
-function checkQuery(appliedNames) {
-  const names = appliedNames.map((n) => SQL.quoteLiteral(n.toLowerCase())).join(',');
-  return [
-    'SAVEPOINT __hb_park; SELECT CASE',
-    " WHEN current_setting('transaction_isolation') <> 'read committed' THEN 'its isolation level is ' || current_setting('transaction_isolation')",
-    " WHEN pg_current_xact_id_if_assigned() IS NOT NULL THEN 'it has written'",
-    " WHEN EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND locktype <> 'virtualxid' AND NOT (locktype = 'relation' AND mode = 'AccessShareLock')) THEN 'it holds locks'",
-    " WHEN EXISTS (SELECT FROM pg_cursors WHERE name <> '') THEN 'it has an open cursor'",
-    ` WHEN EXISTS (SELECT FROM pg_settings WHERE source = 'session' AND name NOT LIKE 'transaction\\_%' AND lower(name) <> ALL (ARRAY[${names}]::text[])) THEN 'it changed a setting'`,
-    " ELSE '' END, current_setting('transaction_read_only'), current_setting('transaction_deferrable'); RELEASE __hb_park",
-  ].join('');
-}
+// One query, cheap checks first (CASE stops at the first that holds). pg_settings is not consulted (it costs
+// ~15 SELECT 1s in WASM): SET/RESET are seen in command tags and set_config() in statement texts.
+const CHECK = P.query([
+  'SELECT CASE',
+  " WHEN current_setting('transaction_isolation') <> 'read committed' THEN 'its isolation level is ' || current_setting('transaction_isolation')",
+  " WHEN pg_current_xact_id_if_assigned() IS NOT NULL THEN 'it has written'",
+  " WHEN EXISTS (SELECT FROM pg_cursors WHERE name <> '') THEN 'it has an open cursor'",
+  " WHEN EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND locktype <> 'virtualxid' AND NOT (locktype = 'relation' AND mode = 'AccessShareLock')) THEN 'it holds locks'",
+  " ELSE '' END, current_setting('transaction_read_only'), current_setting('transaction_deferrable')",
+].join(''));
+const ROLLBACK = P.query('ROLLBACK');
+
+// How long a holder that just went idle may keep the backend while others wait, by its last think time
+// inside the transaction: a client running statements back to back keeps it (parking it between every two
+// statements made a chatty transaction 10x slower); one that thinks longer is parked at once.
+const GRACE_MIN_MS = 1;
+const GRACE_MAX_MS = 10;
+const QUICK_GAP_MS = 5;
 
 export class Parking {
   constructor(sched) {
     this.sched = sched;
     this.stats = { parked: 0, resumed: 0, ended: 0, refused: 0 };
+  }
+
+  /** Milliseconds to wait for the holder's next statement before parking it. */
+  grace(s) {
+    const gap = s.lastGap;
+    if (gap === undefined || gap === null) return GRACE_MIN_MS;
+    if (gap >= QUICK_GAP_MS) return 0;
+    return Math.min(GRACE_MAX_MS, Math.max(GRACE_MIN_MS, 2 * gap));
   }
 
   /** Why the front end alone knows this transaction cannot be parked, or null. */
@@ -60,27 +74,29 @@ export class Parking {
       this.refuse(s, front);
       return false;
     }
-    const out = await sched.execInternal(s, P.query(checkQuery([...sched.replay.applied.keys()])));
+    // the check, and in the same hop (worker-side) the ROLLBACK if the check found nothing
+    const out = P.parseMessages(await sched.execInternal(s, CHECK, ROLLBACK));
     let reason = null;
     let readOnly = false;
     let deferrable = false;
-    for (const msg of P.parseMessages(out)) {
-      if (msg.type === DATA_ROW) {
+    for (const msg of out) {
+      if (msg.type === DATA_ROW && reason === null) {
         reason = msg.values[0];
         readOnly = msg.values[1] === 'on';
         deferrable = msg.values[2] === 'on';
-      } else if (msg.type === ERROR && reason === null) reason = `the check failed: ${msg.fields.M}`;
-    }
-    if (reason === null || reason.startsWith('the check failed')) {
-      // the client's transaction must come out of our check as it went in
-      await sched.execInternal(s, P.query('ROLLBACK TO SAVEPOINT __hb_park; RELEASE __hb_park'));
+      } else if (msg.type === ERROR) {
+        // cannot happen short of a bug or no memory; the client's transaction is aborted now: say so
+        sched.log.error(`client ${s.id}: parking check failed: ${msg.fields.M}`);
+        s.txStatus = 'E';
+        this.refuse(s, `the parking check failed: ${msg.fields.M}`);
+        return false;
+      }
     }
     if (reason !== '') {
-      this.refuse(s, reason ?? 'the check gave no answer');
+      this.refuse(s, reason ?? 'the parking check gave no answer');
       return false;
     }
-    const done = P.parseMessages(await sched.execInternal(s, P.query('ROLLBACK')));
-    const z = done.find((msg) => msg.type === READY);
+    const z = out.filter((msg) => msg.type === READY).pop();
     if (!z || z.status !== 'I') throw new Error('parking: ROLLBACK did not end the transaction');
     s.parked = { readOnly, deferrable, since: Date.now() };
     this.stats.parked += 1;
@@ -94,15 +110,22 @@ export class Parking {
     this.sched.log.debug(`client ${s.id}: idle transaction not parked: ${reason}`);
   }
 
-  /** Open the parked transaction again on the backend before the client's next messages run. */
-  async resume(s) {
+  /**
+   * The Query that opens the parked transaction again, with its options; the client is no longer parked.
+   * The scheduler sends it in the same hop as the client's next messages and hides its answer.
+   */
+  resumeQuery(s) {
     const p = s.parked;
     s.parked = null;
-    const sql = `BEGIN ISOLATION LEVEL READ COMMITTED ${p.readOnly ? 'READ ONLY' : 'READ WRITE'}${p.deferrable ? ' DEFERRABLE' : ''}`;
-    const out = P.parseMessages(await this.sched.execInternal(s, P.query(sql)));
+    this.stats.resumed += 1;
+    return P.query(`BEGIN ISOLATION LEVEL READ COMMITTED ${p.readOnly ? 'READ ONLY' : 'READ WRITE'}${p.deferrable ? ' DEFERRABLE' : ''}`);
+  }
+
+  /** Open the parked transaction again, in a hop of its own (before what the front end answers itself). */
+  async resume(s) {
+    const out = P.parseMessages(await this.sched.execInternal(s, this.resumeQuery(s)));
     const err = out.find((msg) => msg.type === ERROR);
     if (err) throw new Error(`parking: could not open the transaction again: ${err.fields.M}`);
-    this.stats.resumed += 1;
   }
 
   /**

@@ -12,6 +12,7 @@ import { createRequire } from 'node:module';
 import { packageVersion } from './versions.js';
 import { Channel, OP_EXEC, OP_CLOSE } from './channel.js';
 import { pgliteExtensions } from './extensions.js';
+import { Marks, OP_EXEC_MANY, OP_EXEC_IF, runMany, runIf } from './multi.js';
 
 
 /** Milliseconds since `t0`, rounded. */
@@ -66,6 +67,7 @@ async function open() {
 
 async function main() {
   const channel = Channel.attach(workerData.channel);
+  const marks = new Marks(workerData.marks);
   let db;
   try {
     const opened = await open();
@@ -98,6 +100,20 @@ async function main() {
         channel.fail(String(err));
       }
       return;
+    }
+    if (op === OP_EXEC_IF) {
+      outLen = 0;
+      try {
+        channel.respond(runIf(channel, (bytes) => db.execProtocolRawSync(bytes), () => outLen));
+      } catch (err) {
+        channel.fail(String((err && err.stack) || err));
+      }
+      continue;
+    }
+    if (op === OP_EXEC_MANY) {
+      outLen = 0;
+      channel.respond(runMany(channel, marks, (bytes) => db.execProtocolRawSync(bytes), () => outLen));
+      continue;
     }
     if (op !== OP_EXEC) {
       channel.fail(`unknown op ${op}`);

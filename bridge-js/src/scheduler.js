@@ -7,6 +7,7 @@
 // - intercept.js   what the front end handles itself (COPY FROM STDIN, DEALLOCATE, DISCARD, UNLISTEN)
 // - interrupt.js   stopping a running query (cancel, statement_timeout) by restarting the backend
 // - parking.js     idle transactions that have not written give the backend up while others wait
+// - batch.js       several waiting clients' self-contained requests in one hop to the worker
 // - janitor.js     what a client leaves behind when it goes
 //
 // A client gets a *turn* when it has input. During its turn its messages run on the backend in batches
@@ -26,17 +27,18 @@ import { Interrupts, Interrupted } from './interrupt.js';
 import { Parking } from './parking.js';
 import { Janitor } from './janitor.js';
 import * as Mem from './memlimits.js';
-import {
 import { refuseEncodingIn } from './encoding.js';
 import { shouldStream, streamTo, stopStream } from './outflow.js';
+import { Batching } from './batch.js';
+import {
   QUERY, PARSE, DESCRIBE, CLOSE, SYNC, FLUSH, TERMINATE, COPY_DATA, COPY_DONE, COPY_FAIL,
   READY, ERROR, NOTIFICATION, COPY_IN, COMPLETE, SUSPENDED, EMPTY, PARAMETER_STATUS,
 } from './msgtypes.js';
 
 const BATCH_BYTES = 8 << 20;
+const REFUSED_SQL = '__hb_refused_client_encoding'; // a syntax error: see refuseEncoding()
 const IDLE_WRITER_WARN_MS = 5000;
 
-const REFUSED_SQL = '__hb_refused_client_encoding'; // a syntax error: see refuseEncoding()
 function querySql(m) {
   if (m.sql === undefined) m.sql = m.buf.toString('utf8', 5, m.buf.length - 1);
   return m.sql;
@@ -75,6 +77,7 @@ export class Scheduler {
     this.interrupts = new Interrupts(this);
     this.parking = new Parking(this);
     this.janitor = new Janitor(this);
+    this.batching = new Batching(this);
     this.backend.on('died', () => {
       if (!this.running) this.interrupts.recover('the PGlite worker died while idle');
     });
@@ -121,6 +124,7 @@ export class Scheduler {
 
   pump() {
     while (!this.holder && !this.restarting && !this.draining && this.backend.ready && this.queue.length) {
+      if (this.batching.tryRun()) return;
       const s = this.queue.shift();
       if (s.isJob) {
         this.holder = s;
@@ -147,6 +151,7 @@ export class Scheduler {
 
   /** Input arrived for a client that is not running: answer it without a turn if possible, else queue it. */
   input(s) {
+    if (s.inBatch) return; // its batch wants it again when it ends
     if (this.statements.answerBarePrepare(s)) return;
     if (this.parking.answer(s)) return;
     this.want(s);
@@ -183,7 +188,9 @@ export class Scheduler {
           continue;
         }
         if (await this.step(s)) {
+          if (s.idleSince) s.lastGap = Date.now() - s.idleSince; // its think time inside the transaction
           s.idleSince = 0;
+          s.graceUntil = 0;
           s.parkRefused = null; // it ran something: whether it can park may have changed
           continue;
         }
@@ -197,10 +204,20 @@ export class Scheduler {
           break;
         }
         // Idle inside a transaction, an unfinished extended-protocol batch, or a COPY.
-        if (this.queue.length && (await this.parking.tryPark(s))) break;
         if (!s.idleSince) {
           s.idleSince = Date.now();
           s.idleWarned = false;
+        }
+        if (this.queue.length && !s.parkRefused) {
+          // A client that runs its statements back to back is not parked between them: wait a moment
+          // (twice its last think time, at most PARK_GRACE_MAX_MS) for its next one first.
+          if (!s.graceUntil) s.graceUntil = s.idleSince + this.parking.grace(s);
+          const left = s.graceUntil - Date.now();
+          if (left > 0) {
+            await s.waitForInput(left);
+            continue;
+          }
+          if (await this.parking.tryPark(s)) break;
         }
         if (await this.waitIdle(s)) continue;
         if (s.closed) continue;
@@ -269,25 +286,32 @@ export class Scheduler {
     if (this.draining) return false; // shutting down: run nothing new
     if (s.copy) return this.intercepts.stepCopy(s);
     if (!s.inbox.length) return false;
+    if (s.discardToSync) return this.discardToSync(s);
     const first = s.inbox[0];
     if (first.type === TERMINATE) {
       s.takeInbox(1);
       s.socket.end();
       s.close('Terminate');
-    if (s.discardToSync) return this.discardToSync(s);
       return true;
     }
-    if (s.parked) await this.parking.resume(s);
-    if (first.type === QUERY && (await this.intercepts.intercept(s, first, querySql(first)))) return true;
-    const gen = this.backend.generation;
-    const ctx = this.newContext();
-    const parts = [];
-    let n = 0;
+    if (s.parked && (s.abortPending || (first.type === QUERY && mayIntercept(querySql(first))))) await this.parking.resume(s);
     if (s.abortPending) {
       // its statement was cancelled while its answer was written (outflow.js): fail the transaction
       s.abortPending = false;
       await this.execInternal(s, P.query('SELECT 1/0'));
     }
+    if (first.type === QUERY && (await this.intercepts.intercept(s, first, querySql(first)))) return true;
+    const gen = this.backend.generation;
+    const ctx = this.newContext();
+    if (s.parked) {
+      // BEGIN again in the same hop as its messages; its answer is hidden (deliver()). Being a Query it
+      // drops the unnamed statement: the client's own is sent again before use if needed.
+      ctx.resume = this.parking.resumeQuery(s);
+      ctx.unnamed = 'gone';
+      this.unnamedOwner = null;
+    }
+    const parts = [];
+    let n = 0;
     let bytes = 0;
     for (const m of s.inbox) {
       if (n > 0 && (m.type === TERMINATE || (m.type === QUERY && mayIntercept(querySql(m))))) break;
@@ -296,28 +320,23 @@ export class Scheduler {
       if (m.type === COPY_DATA || m.type === COPY_DONE || m.type === COPY_FAIL) continue; // outside COPY: ignored, as PostgreSQL does
       if (!(m.type === PARSE || m.type === FLUSH || ((m.type === DESCRIBE || m.type === CLOSE) && m.buf[5] === 0x53))) ctx.statementOnly = false;
       let sql;
+      if (m.type === QUERY || m.type === PARSE) this.refuseEncoding(m, ctx);
       if (m.type === QUERY) {
         sql = querySql(m);
         if (Mem.mayClamp(sql)) sql = this.clampMemory(s, m, sql);
         s.noteStatement(sql);
       } else if (m.type === PARSE) this.clampParse(s, m);
-      if (m.type === QUERY || m.type === PARSE) this.refuseEncoding(m, ctx);
       const out = this.statements.rewrite(s, m, ctx, gen, sql);
+      ctx.open = m.type !== SYNC && m.type !== QUERY; // messages after the last Sync/Query
       parts.push(out);
       bytes += out.length;
       if (bytes > BATCH_BYTES) break;
     }
     s.takeInbox(n);
-      ctx.open = m.type !== SYNC && m.type !== QUERY; // messages after the last Sync/Query
     if (parts.length) await this.runBatch(s, parts, ctx);
     return true;
   }
 
-  /** SET of a memory setting above PGlite's 32-bit limit: lower it, warn instead of failing (memlimits.js). */
-  clampMemory(s, m, sql) {
-    const c = Mem.clampSet(sql);
-    if (!c) return sql;
-    s.send(c.notice);
   /**
    * A client_encoding the backend cannot convert to would crash it (encoding.js): the statement is replaced
    * by one that fails on the backend, so the protocol flow and the transaction state are PostgreSQL's, and
@@ -341,6 +360,11 @@ export class Scheduler {
     } else m.buf = P.replaceRange(m.buf, f.end + 1, m.buf.indexOf(0, f.end + 1), REFUSED_SQL);
   }
 
+  /** SET of a memory setting above PGlite's 32-bit limit: lower it, warn instead of failing (memlimits.js). */
+  clampMemory(s, m, sql) {
+    const c = Mem.clampSet(sql);
+    if (!c) return sql;
+    s.send(c.notice);
     m.buf = P.query(c.sql);
     m.sql = c.sql;
     return c.sql;
@@ -359,11 +383,6 @@ export class Scheduler {
     m.buf = P.replaceRange(buf, f.end + 1, end, c.sql);
   }
 
-  async runBatch(s, parts, ctx, { stripCopyIn = false } = {}) {
-    const before = s.txStatus;
-    const wasAtBoundary = s.atSyncBoundary;
-    let prefix = null;
-    try {
   /** After an error the backend never saw (a stopped batch, a wait that timed out): skip to Sync. */
   discardToSync(s) {
     const i = s.inbox.findIndex((m) => m.type === SYNC);
@@ -376,6 +395,16 @@ export class Scheduler {
     return true;
   }
 
+  async runBatch(s, parts, ctx, { stripCopyIn = false } = {}) {
+    const before = s.txStatus;
+    const wasAtBoundary = s.atSyncBoundary;
+    let prefix = null;
+    try {
+      if (ctx.resume && ctx.pre.length) ctx.pre.unshift(ctx.resume); // BEGIN, then re-prepare, then the batch
+      else if (ctx.resume) {
+        parts.unshift(ctx.resume);
+        ctx.hideBegin = true;
+      }
       if (ctx.pre.length) {
         // Re-prepare what this client needs; the answers are ours, except an error, which is the client's.
         const out = await this.exec(s, Buffer.concat([...ctx.pre, P.flush()]));
@@ -420,7 +449,14 @@ export class Scheduler {
       if (replacement) pieces.push(replacement);
       last = end;
     };
+    let hiding = ctx.hideBegin === true; // the BEGIN that resumed a parked transaction: not the client's
     P.eachMessage(out, (type, start, end) => {
+      if (hiding) {
+        if (type === ERROR) throw new Error(`parking: could not open the transaction again: ${P.errorFields(out, start, end).M}`);
+        cut(start, end, null);
+        if (type === READY) hiding = false;
+        return;
+      }
       lastType = type;
       if (type === READY) {
         s.txStatus = String.fromCharCode(out[start + 5]);
@@ -485,11 +521,11 @@ export class Scheduler {
 
   // ---- the backend -------------------------------------------------------------------------------
 
-  async exec(s, bytes) {
+  async exec(s, bytes, then = null) {
     this.running = true;
     this.runningSince = Date.now();
     try {
-      return await this.backend.exec(bytes);
+      return await (then ? this.backend.execIf(bytes, then) : this.backend.exec(bytes));
     } catch (err) {
       throw this.interrupts.explain(s, err);
     } finally {
@@ -499,9 +535,9 @@ export class Scheduler {
   }
 
   /** exec() of a simple Query of our own: it drops the unnamed statement, whoever owned it. */
-  async execInternal(s, bytes) {
+  async execInternal(s, bytes, then = null) {
     try {
-      return await this.exec(s, bytes);
+      return await this.exec(s, bytes, then);
     } finally {
       this.unnamedOwner = null;
     }
@@ -526,6 +562,7 @@ export class Scheduler {
       waiting: this.queue.length,
       parked,
       parking: { ...this.parking.stats },
+      batching: { ...this.batching.stats },
     };
   }
 
@@ -578,12 +615,16 @@ export class Scheduler {
   }
 
   cancel(s) {
+    if (stopStream(s)) return; // its COPY answer was still being written: stopped, as PostgreSQL would
+    if (s.inBatch) {
+      this.batching.cancel(s);
+      return;
+    }
     if (this.holder === s) {
       if (this.running) this.interrupts.interrupt(s, '57014', 'canceling statement due to user request');
       return;
     }
     if (s.queued && !s.startupPending) {
-    if (stopStream(s)) return; // its COPY answer was still being written: stopped, as PostgreSQL would
       this.unqueue(s);
       this.failPending(s, { code: '57014', message: 'canceling statement due to user request' });
     }

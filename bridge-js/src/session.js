@@ -54,6 +54,8 @@ export class Session {
     this.lastStatement = '';
     this.lastStatementAt = 0;
     this.idleWarned = false;
+    this.lastGap = null; // ms between its last answer and its next message inside a transaction
+    this.graceUntil = 0; // while others wait: when an idle holder is parked (parking.js grace())
     this.closed = false;
     this.cleanedUp = false;
     this.queuedSince = 0;

@@ -52,7 +52,9 @@ def test_hive_startup_pattern(server: WireServer, unique: Callable[[str], str]) 
         assert a.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         with server.psycopg() as b:  # the migration, on a second connection
             b.execute(f"CREATE SCHEMA {schema}")
-            b.execute(f"CREATE TABLE {schema}.alembic_version (version_num varchar(32) PRIMARY KEY)")
+            b.execute(
+                f"CREATE TABLE {schema}.alembic_version (version_num varchar(32) PRIMARY KEY)"
+            )
             b.execute(f"CREATE TABLE {schema}.sessions (id serial PRIMARY KEY, data jsonb)")
             b.execute(f"CREATE INDEX ON {schema}.sessions USING gin (data)")
             b.execute(f"INSERT INTO {schema}.alembic_version VALUES ('0001')")
