@@ -106,7 +106,7 @@ def migrate_to(
     """Copy the PGlite database of ``paths`` into the empty PostgreSQL database at ``url``."""
     plain = check_url(url, action="migrate")
     where = redact(url)
-    with _connect(plain, action="migrate", what="target") as conn:
+    with _connect(plain, action="migrate", what="target") as conn:  # fail fast, before the dump
         major = conn.info.server_version // 10000
         if major < 15:
             raise MigrateError(
@@ -116,16 +116,17 @@ def migrate_to(
                 fix="migrate into a PostgreSQL 15 (or newer) server",
             )
         objects = target_objects(conn)
-        conn.rollback()
-        if objects:
-            raise TargetNotEmptyError(where=where, objects=objects)
-        progress(f"hive-bridge: dumping data dir {paths.data_dir} ...")
-        dumped = dump_pglite(paths, install, timeout=timeout)
-        how = "snapshot of the running server" if dumped.online else "stopped, under its lock"
-        progress(
-            f"  dumped in {dumped.ms / 1000:.1f} s ({how}; pg_dump {dumped.pg_dump_version}): "
-            f"{len(dumped.fingerprint.tables)} tables, {dumped.fingerprint.rows} rows"
-        )
+    if objects:
+        raise TargetNotEmptyError(where=where, objects=objects)
+    progress(f"hive-bridge: dumping data dir {paths.data_dir} ...")
+    dumped = dump_pglite(paths, install, timeout=timeout)
+    how = "snapshot of the running server" if dumped.online else "stopped, under its lock"
+    progress(
+        f"  dumped in {dumped.ms / 1000:.1f} s ({how}; pg_dump {dumped.pg_dump_version}): "
+        f"{len(dumped.fingerprint.tables)} tables, {dumped.fingerprint.rows} rows"
+    )
+    # a new connection: a server may close one left idle for as long as a large dump takes
+    with _connect(plain, action="migrate", what="target") as conn:
         objects = target_objects(conn)  # again: someone may have written meanwhile
         conn.rollback()
         if objects:
