@@ -54,6 +54,9 @@ def describe_activity(report: dict[str, Any] | None) -> str:
     what = f": {sql}" if sql else ""
     waiting = report.get("waiting") or 0
     queue = f"; {waiting} waiting" if waiting else ""
+    parked = report.get("parked") or 0
+    if parked:
+        queue += f"; {parked} idle read transaction(s) parked"
     if backend == "running":
         took = report.get("running_ms")
         since = f" for {took / 1000:.1f}s" if isinstance(took, int | float) else ""
@@ -64,7 +67,9 @@ def describe_activity(report: dict[str, Any] | None) -> str:
     if backend == "holding":
         held = report.get("held_ms")
         since = f" for {held / 1000:.1f}s" if isinstance(held, int | float) else ""
-        return f"held by a client between statements{since}{who}{queue}"
+        why = holder.get("park_refused") if holder else None
+        kept = f", not parked: {why}" if why else ""
+        return f"held by a client between statements{since}{who}{kept}{what}{queue}"
     if backend == "restarting":
         return f"restarting the engine (after a cancel or timeout){queue}"
     return str(backend or "unknown") + queue

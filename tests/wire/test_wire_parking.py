@@ -400,3 +400,34 @@ def test_queue_timeout_names_the_idle_writer(
         a.rollback()
     finally:
         a.close()
+
+
+def test_status_names_holder_waiting_and_parked(
+    server: WireServer, unique: Callable[[str], str]
+) -> None:
+    """What ``hive-bridge status`` prints about the backend, from the live /stats of a server."""
+    from hive_bridge.watchdog import describe_activity
+
+    table = unique("status")
+    with server.psycopg(autocommit=True) as setup:
+        setup.execute(f"CREATE TABLE {table} (v int)")
+    reader = server.psycopg(application_name="reader")
+    writer = server.psycopg(application_name="writer")
+    try:
+        reader.execute(f"SELECT count(*) FROM {table}")  # an open read transaction
+        writer.execute(f"INSERT INTO {table} VALUES (1)")  # gets the backend: the reader is parked
+        assert reader.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        with ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(_select_one, server)
+            wait_until(pinned_with(server, "written"), timeout=20, what="writer pinned")
+            text = describe_activity(holder(server))
+            assert "writer" in text and "not parked: it has written" in text, text
+            assert "INSERT INTO" in text, text
+            assert "1 waiting" in text, text
+            assert "1 idle read transaction(s) parked" in text, text
+            writer.commit()
+            assert fut.result(timeout=30) == 1
+        reader.commit()
+    finally:
+        reader.close()
+        writer.close()
