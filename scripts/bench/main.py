@@ -124,6 +124,7 @@ def main() -> int:
                 paths["postgres"] = (pg.start_timed, pg.data_dir)
             if emb.available:
                 paths["embedded"] = (emb.start_timed, emb.data_dir)
+            paths = {k: v for k, v in paths.items() if k not in skip}
             res["starts"] = measure(cfg.runs, work, paths)
         if "workload" not in skip:
             servers: list[Any] = [
