@@ -60,7 +60,7 @@ export function snapshot(server) {
     uptime_s: Math.round((Date.now() - server.startedAt) / 100) / 10,
     connections: server.sessions.size,
     connections_total: server.stats.connections,
-    waiting: sched ? sched.queue.length : 0,
+    waiting: sched ? sched.queue.filter((q) => !q.isJob).length : 0, // clients, not maintenance jobs
     holder: sched && sched.holder ? sched.holder.pid : null,
     queued_messages: queued,
     messages: server.stats.messages,
