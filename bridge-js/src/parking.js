@@ -104,6 +104,20 @@ export class Parking {
     return true;
   }
 
+  /** Why this idle transaction could not be parked ('' if it could), without parking it. */
+  async whyNot(s) {
+    const front = this.frontReason(s);
+    if (front) return front;
+    for (const msg of P.parseMessages(await this.sched.execInternal(s, CHECK))) {
+      if (msg.type === DATA_ROW) return msg.values[0];
+      if (msg.type === ERROR) {
+        s.txStatus = 'E';
+        return `the parking check failed: ${msg.fields.M}`;
+      }
+    }
+    return 'the parking check gave no answer';
+  }
+
   refuse(s, reason) {
     s.parkRefused = reason;
     this.stats.refused += 1;

@@ -37,7 +37,6 @@ import {
 
 const BATCH_BYTES = 8 << 20;
 const REFUSED_SQL = '__hb_refused_client_encoding'; // a syntax error: see refuseEncoding()
-const IDLE_WRITER_WARN_MS = 5000;
 
 function querySql(m) {
   if (m.sql === undefined) m.sql = m.buf.toString('utf8', 5, m.buf.length - 1);
@@ -250,24 +249,30 @@ export class Scheduler {
     const now = Date.now();
     let ms = limit > 0 ? s.idleSince + limit - now : 0;
     if (limit > 0 && ms <= 0) return false;
-    const warnAt = s.idleSince + IDLE_WRITER_WARN_MS;
-    const warnDue = !s.idleWarned && s.txStatus !== 'I';
+    const warnMs = this.opts.idleWriterWarnMs ?? 5000;
+    const warnAt = s.idleSince + warnMs;
+    const warnDue = warnMs > 0 && !s.idleWarned && s.txStatus !== 'I';
     if (warnDue && (ms <= 0 || warnAt - now < ms)) ms = Math.max(1, warnAt - now);
     const why = await s.waitForInput(ms);
     if (why !== 'timeout') return true;
     if (warnDue && Date.now() >= warnAt) {
       s.idleWarned = true;
-      this.warnIdleHolder(s);
+      await this.warnIdleHolder(s);
       return true;
     }
     return false;
   }
 
-  warnIdleHolder(s) {
+  /** A holder idle in a transaction that cannot be parked (it has written, ...) is worth a WARNING. */
+  async warnIdleHolder(s) {
+    const why = s.parkRefused ?? (s.txStatus === 'T' ? await this.parking.whyNot(s) : 'its transaction failed');
     const held = ((Date.now() - s.idleSince) / 1000).toFixed(1);
-    const why = s.parkRefused ? `; it cannot be parked: ${s.parkRefused}` : '';
+    if (!why) {
+      this.log.debug(`client ${s.id}: idle in a read-only transaction for ${held} s (parked as soon as someone waits)`);
+      return;
+    }
     this.log.warn(`client ${s.id}: ${s.describe()} has held the database idle in transaction for ${held} s` +
-      `${why}; ${this.queue.length} waiting; last statement: ${s.lastStatementText(120)}`);
+      ` and cannot give it up (${why}); ${this.queue.length} waiting; last statement: ${s.lastStatementText(120)}`);
   }
 
   idleTimeoutFor(s) {
@@ -610,6 +615,7 @@ export class Scheduler {
     if (last && last.type !== SYNC && last.type !== QUERY) {
       parts.push(err); // messages after its last Sync: the rest of that batch is discarded up to its Sync
       s.discardToSync = true;
+      s.atSyncBoundary = false; // (and it may not join a batched hop meanwhile: batch.js)
     }
     s.send(Buffer.concat(parts));
   }

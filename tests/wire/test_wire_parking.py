@@ -431,3 +431,26 @@ def test_status_names_holder_waiting_and_parked(
     finally:
         reader.close()
         writer.close()
+
+
+def test_idle_writer_is_logged_at_warning(start_server: Callable[..., WireServer]) -> None:
+    server = start_server(idle_writer_warn_ms=300)
+    with server.psycopg(autocommit=True) as setup:
+        setup.execute("CREATE TABLE idle_w (v int)")
+    reader = server.psycopg(application_name="quiet-reader")
+    writer = server.psycopg(application_name="idle-writer")
+    try:
+        reader.execute("SELECT count(*) FROM idle_w")
+        wait_until(lambda: "idle in a read-only transaction" in server.log_text(), timeout=20)
+        reader.commit()
+        writer.execute("INSERT INTO idle_w VALUES (1)")
+        wait_until(lambda: "cannot give it up" in server.log_text(), timeout=20, what="warning")
+        line = next(x for x in server.log_text().splitlines() if "cannot give it up" in x)
+        assert "WARN" in line.upper() and "idle-writer" in line, line
+        assert "it has written" in line and "INSERT INTO idle_w VALUES (1)" in line, line
+        warnings = [x for x in server.log_text().splitlines() if "cannot give it up" in x]
+        assert not [x for x in warnings if "quiet-reader" in x], warnings  # a reader hurts nobody
+        writer.commit()
+    finally:
+        reader.close()
+        writer.close()
