@@ -208,6 +208,26 @@ def test_cancel_of_a_pipeline_answers_every_sync_once(server: WireServer) -> Non
         assert [k for k, _ in c.query("SELECT 6")] == [b"T", b"D", b"C", b"Z"]
 
 
+def test_cancel_of_a_waiting_batch_without_sync(server: WireServer, unique: Any) -> None:
+    """A client waiting for the backend cancels a batch it has not finished (no Sync yet): the error
+    alone, then its Sync gets the one ReadyForQuery; nothing of that batch ever runs."""
+    table = unique("waiting")
+    with Client(server) as holder, Client(server) as waiter:
+        assert holder.query(f"CREATE TABLE {table} (id int)")[-1] == (b"Z", b"I")
+        assert holder.query(f"BEGIN; INSERT INTO {table} VALUES (1)")[-1] == (b"Z", b"T")
+        waiter.send(parse(f"INSERT INTO {table} VALUES (2)") + bind() + execute())
+        wait_until(lambda: server.stats()["waiting"] >= 1, what="the waiter to queue")
+        waiter.cancel(server.port)
+        kind, body = waiter.read_message()
+        assert kind == b"E" and error_fields(body)["C"] == "57014"
+        waiter.send(bind() + execute() + SYNC)
+        assert holder.query("COMMIT")[-1] == (b"Z", b"I")
+        assert waiter.read_message() == (b"Z", b"I")
+        out = waiter.query(f"SELECT count(*) FROM {table}")
+        assert out[1] == (b"D", b"\x00\x01\x00\x00\x00\x011")  # only the holder's row
+        assert waiter.query(f"DROP TABLE {table}")[-1] == (b"Z", b"I")
+
+
 def test_statement_timeout_in_a_transaction(server: WireServer) -> None:
     with Client(server) as c:
         assert c.query("SET statement_timeout = '300ms'")[-1] == (b"Z", b"I")
