@@ -350,3 +350,20 @@ def test_a_narrowed_server_offers_the_named_extensions_and_what_they_require(
         assert conn.execute(
             "SELECT earth_distance(ll_to_earth(0, 0), ll_to_earth(0, 0))"
         ).fetchone() == (0.0,)
+
+
+def test_without_a_writable_cache_every_extension_still_works(
+    fresh_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing can be extracted (the cache path is under a file): PGlite loads the bundles itself."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("HIVE_BRIDGE_CACHE_DIR", str(blocker / "cache"))
+    with (
+        Bridge(fresh_data_dir, options=FAST) as bridge,
+        psycopg.connect(bridge.dsn, autocommit=True) as conn,
+    ):
+        conn.execute("CREATE EXTENSION pg_trgm")
+        assert conn.execute("SELECT similarity('abc', 'abc')").fetchone() == (1.0,)
+    log = (fresh_data_dir.parent / f"{fresh_data_dir.name}.bridge" / "server.log").read_text()
+    assert "cannot extract the extension bundles" in log
