@@ -5,19 +5,11 @@ at SET, and the shared backend never restarts for it. UTF8 and SQL_ASCII need no
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg import errors, pq
 from wire_support import WireServer
-
-
-@pytest.fixture(scope="module")
-def server(server_factory: Any) -> Iterator[WireServer]:
-    server = server_factory.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

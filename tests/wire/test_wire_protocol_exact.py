@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -22,14 +21,6 @@ from psycopg import pq
 from wire_support import RawConn, WireServer, error_fields, message, query_message, wait_until
 
 CANCEL_REQUEST = 80877102
-
-
-@pytest.fixture(scope="module")
-def server(server_factory: Any) -> Iterator[WireServer]:
-    """Its own server: these tests restart the worker and count the server's queries."""
-    server = server_factory.start()
-    yield server
-    server.stop()
 
 
 def parse(sql: str, name: str = "") -> bytes:
