@@ -1,6 +1,7 @@
 // Loopback-only HTTP admin endpoint: /health, /stats (JSON), /metrics (Prometheus text). No secrets.
 import http from 'node:http';
 import { snapshotRoute } from './snapshot.js';
+import { postJson, pathOf } from './httpjson.js';
 import { clientsRoute } from './clients.js';
 
 /** Truncated for display: a statement can be megabytes long. */
@@ -102,41 +103,9 @@ function metrics(s) {
   return `${lines.join('\n')}\n`;
 }
 
-function reply(res, status, body) {
-  res.writeHead(status, { 'content-type': 'application/json' });
-  res.end(JSON.stringify(body));
-}
-
 /** POST /backup {"path": "/abs/file.tar.gz"}; needs "Authorization: Bearer <password>" when one is set. */
 function backup(server, req, res) {
-  const token = server.adminToken;
-  if (token && req.headers.authorization !== `Bearer ${token}`) {
-    reply(res, 401, { error: 'the backup endpoint needs the server password as a bearer token' });
-    return;
-  }
-  let body = '';
-  req.setEncoding('utf8');
-  req.on('data', (chunk) => {
-    body += chunk;
-    if (body.length > 65536) req.destroy();
-  });
-  req.on('end', async () => {
-    let target;
-    try {
-      target = JSON.parse(body).path;
-    } catch {
-      // handled below
-    }
-    if (typeof target !== 'string' || !target) {
-      reply(res, 400, { error: 'send JSON {"path": "/where/backup.tar.gz"}' });
-      return;
-    }
-    try {
-      reply(res, 200, await server.backup(target));
-    } catch (err) {
-      reply(res, 409, { error: err.message });
-    }
-  });
+  postJson(server, req, res, '/backup', (body) => server.backup(pathOf(body, '/where/backup.tar.gz')));
 }
 
 export function startAdmin(server, port) {

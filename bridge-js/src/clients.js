@@ -9,6 +9,7 @@
 // transaction is rolled back (a running statement is stopped first, which restarts the PGlite worker as a
 // cancel does); every other client goes on.
 
+import { reply, authorized, postJson, RouteError } from './httpjson.js';
 export const TERMINATE_MESSAGE = 'terminating connection due to administrator command';
 
 function stateOf(s, sched) {
@@ -74,16 +75,9 @@ export function terminateClient(server, pid, log) {
   s.fatal('57P01', TERMINATE_MESSAGE);
   // A statement of its still inside PGlite cannot be interrupted otherwise: restart the worker, as a
   // cancel does, so what it was doing is rolled back instead of finishing after its client is gone.
-  if (running) {
-    if (sched.interrupts) sched.interrupts.interrupt(s, '57P01', TERMINATE_MESSAGE);
-    else if (typeof sched.interrupt === 'function') sched.interrupt(s, '57P01', TERMINATE_MESSAGE);
-  }
+  if (running) sched.interrupts.interrupt(s, '57P01', TERMINATE_MESSAGE);
+  else if (s.inBatch) sched.batching.cancel(s);
   return true;
-}
-
-function reply(res, status, body) {
-  res.writeHead(status, { 'content-type': 'application/json' });
-  res.end(JSON.stringify(body));
 }
 
 /**
@@ -94,42 +88,21 @@ function reply(res, status, body) {
 export function clientsRoute(server, req, res, url) {
   const isList = url === '/clients';
   if (!isList && url !== '/terminate') return false;
-  const token = server.adminToken;
-  if (token && req.headers.authorization !== `Bearer ${token}`) {
-    reply(res, 401, { error: `${url} needs the server password as a bearer token` });
+  if (!isList && req.method !== 'POST') {
+    reply(res, 405, { error: 'use POST /terminate {"pid": N}' });
     return true;
   }
   if (isList) {
+    if (!authorized(server, req, res, url)) return true;
     if (req.method !== 'GET') reply(res, 405, { error: 'use GET /clients' });
     else reply(res, 200, { clients: listClients(server) });
     return true;
   }
-  if (req.method !== 'POST') {
-    reply(res, 405, { error: 'use POST /terminate {"pid": N}' });
-    return true;
-  }
-  let body = '';
-  req.setEncoding('utf8');
-  req.on('data', (chunk) => {
-    body += chunk;
-    if (body.length > 4096) req.destroy();
-  });
-  req.on('end', () => {
-    let pid;
-    try {
-      pid = JSON.parse(body).pid;
-    } catch {
-      // handled below
-    }
-    if (!Number.isInteger(pid)) {
-      reply(res, 400, { error: 'send JSON {"pid": N} with the client pid from GET /clients' });
-      return;
-    }
-    if (!server.scheduler || !terminateClient(server, pid, server.log)) {
-      reply(res, 404, { error: `no client with pid ${pid} is connected`, pid });
-      return;
-    }
-    reply(res, 200, { terminated: pid });
-  });
+  postJson(server, req, res, url, (body) => {
+    const pid = body.pid;
+    if (!Number.isInteger(pid)) throw new RouteError(400, 'send JSON {"pid": N} with the client pid from GET /clients');
+    if (!server.scheduler || !terminateClient(server, pid, server.log)) throw new RouteError(404, `no client with pid ${pid} is connected`, { pid });
+    return { terminated: pid };
+  }, 4096);
   return true;
 }

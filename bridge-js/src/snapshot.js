@@ -8,6 +8,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { execFile } from 'node:child_process';
 import { query, parseMessages } from './protocol.js';
+import { postJson, pathOf } from './httpjson.js';
 
 /** Copy the data dir to `target` (absolute, not existing, its parent existing, outside the data dir). */
 export async function snapshot(server, target) {
@@ -41,36 +42,5 @@ export async function snapshot(server, target) {
 
 /** The admin route: JSON {"path": "/abs/dir"}; needs "Authorization: Bearer <password>" when one is set. */
 export function snapshotRoute(server, req, res) {
-  const reply = (status, body) => {
-    res.writeHead(status, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(body));
-  };
-  const token = server.adminToken;
-  if (token && req.headers.authorization !== `Bearer ${token}`) {
-    reply(401, { error: 'the snapshot endpoint needs the server password as a bearer token' });
-    return;
-  }
-  let body = '';
-  req.setEncoding('utf8');
-  req.on('data', (chunk) => {
-    body += chunk;
-    if (body.length > 65536) req.destroy();
-  });
-  req.on('end', async () => {
-    let target;
-    try {
-      target = JSON.parse(body).path;
-    } catch {
-      // handled below
-    }
-    if (typeof target !== 'string' || !target) {
-      reply(400, { error: 'send JSON {"path": "/where/snapshot-dir"}' });
-      return;
-    }
-    try {
-      reply(200, await snapshot(server, target));
-    } catch (err) {
-      reply(409, { error: err.message });
-    }
-  });
+  postJson(server, req, res, '/snapshot', (body) => snapshot(server, pathOf(body, '/where/snapshot-dir')));
 }
