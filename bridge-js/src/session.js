@@ -174,6 +174,7 @@ export class Session {
   /** Send a FATAL error and end the connection. */
   fatal(code, message, detail) {
     if (this.closed) return;
+    this.stream = null; // the rest of a COPY answer still being written is dropped (outflow.js)
     this.send(P.errorResponse({ severity: 'FATAL', code, message, detail }));
     this.socket.end();
     this.close(message);
