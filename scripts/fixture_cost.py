@@ -35,18 +35,25 @@ from hive_bridge.policy import SupervisorOptions
 OPTIONS = SupervisorOptions(start_timeout=300)
 
 
-def body(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO notes (body) VALUES ('hello')")
-    assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+def body(conn: psycopg.Connection[Any], table: str = "notes") -> None:
+    name = sql.Identifier(table)
+    conn.execute(sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, body text)").format(name))
+    conn.execute(sql.SQL("INSERT INTO {} (body) VALUES ('hello')").format(name))
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone() == (1,)
 
 
-def timed(runs: int, once: Callable[[int], None]) -> list[float]:
-    samples = []
-    for i in range(runs):
-        t0 = time.perf_counter()
-        once(i)
-        samples.append((time.perf_counter() - t0) * 1000)
+WARMUP = 3  # rounds not counted: the first connections and statements of a server are slower
+
+
+def timed(runs: int, modes: dict[str, Callable[[int], None]]) -> dict[str, list[float]]:
+    """Run the modes interleaved, round after round, so a change of machine load hits all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in modes}
+    for i in range(-WARMUP, runs):
+        for name, once in modes.items():
+            t0 = time.perf_counter()
+            once(i + WARMUP)
+            if i >= 0:
+                samples[name].append((time.perf_counter() - t0) * 1000)
     return samples
 
 
@@ -64,8 +71,7 @@ def main() -> None:
 
             def none(i: int) -> None:
                 with psycopg.connect(bridge.dsn, autocommit=True) as conn:
-                    body(conn)
-                    conn.execute("DROP TABLE notes")  # not timed apart: the reference is the body
+                    body(conn, f"notes_{i}")  # left in place: the reference is the body alone
 
             def schema(i: int) -> None:
                 name = f"hb_cost_{i}"
@@ -80,9 +86,12 @@ def main() -> None:
                     body(conn)
                     conn.rollback()
 
-            results["none (the body alone)"] = timed(args.runs, none)
-            results["schema"] = timed(args.runs, schema)
-            results["rollback"] = timed(args.runs, rollback)
+            results.update(
+                timed(
+                    args.runs,
+                    {"none (the body alone)": none, "schema": schema, "rollback": rollback},
+                )
+            )
             admin.close()
         template = root / "db"  # stopped cleanly: a data dir like the plugin's template
 
@@ -97,7 +106,7 @@ def main() -> None:
             shutil.rmtree(copy)
             shutil.rmtree(Path(f"{copy}.bridge"), ignore_errors=True)
 
-        results["datadir"] = timed(args.datadir_runs, datadir)
+        results.update(timed(args.datadir_runs, {"datadir": datadir}))
     print(f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}; ms per test (median / p90)")
     base = statistics.median(results["none (the body alone)"])
     for name, samples in results.items():
