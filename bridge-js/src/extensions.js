@@ -2,7 +2,7 @@
 //
 // PGlite's own way to add an extension (an object whose setup() returns a bundlePath) gunzips the bundle
 // into its in-memory file system and compiles every .so in it at each start: for all of them that
-// measured about +1.5 s and +60 MB RSS per start (scripts/extension_cost.py). Instead, each bundle is
+// measured about +2 s and +60 MB RSS per start (scripts/extension_cost.py). Instead, each bundle is
 // extracted once per PGlite version into the cache directory (like the data-dir template), that directory
 // is mounted into PGlite's file system (NODEFS), and each of its files is symlinked into PostgreSQL's
 // share/ and lib/ directories before PostgreSQL starts. PostgreSQL reads a control or script file only
