@@ -151,6 +151,11 @@ export class Scheduler {
   /** Input arrived for a client that is not running: answer it without a turn if possible, else queue it. */
   input(s) {
     if (s.inBatch) return; // its batch wants it again when it ends
+    if (s.discardToSync && !s.queued) {
+      // skipping to Sync after an error the front end gave: needs no backend, so no wait in the queue
+      this.discardToSync(s);
+      if (!s.inbox.length) return;
+    }
     if (this.statements.answerBarePrepare(s)) return;
     if (this.parking.answer(s)) return;
     this.want(s);
@@ -600,6 +605,8 @@ export class Scheduler {
 
   /** Answer everything a waiting client sent with an error (one per Sync / Query). */
   failPending(s, error) {
+    if (s.discardToSync) this.discardToSync(s); // the rest of an already failed batch: only its Sync answers
+    if (!s.inbox.length) return;
     const msgs = s.takeInbox(s.inbox.length);
     let boundaries = 0;
     for (const m of msgs) if (m.type === QUERY || m.type === SYNC) boundaries += 1;

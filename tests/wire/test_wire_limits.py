@@ -31,7 +31,8 @@ async def test_queue_timeout_names_the_holder(start_server) -> None:
     try:
         tx = a.transaction()
         await tx.start()
-        await a.execute("SELECT 1")
+        # a transaction id: it holds the backend until it ends (a read-only one would be parked)
+        await a.execute("SELECT pg_current_xact_id()")
         t0 = time.monotonic()
         with pytest.raises(asyncpg.QueryCanceledError) as info:
             await asyncio.wait_for(b.fetchval("SELECT 2"), timeout=30)
@@ -56,7 +57,8 @@ async def test_queue_timeout_names_the_holder(start_server) -> None:
 def test_queue_timeout_psycopg_connection_usable_after(start_server) -> None:
     server = start_server(queue_timeout_ms=500)
     with server.psycopg() as a, server.psycopg(autocommit=True) as b:
-        a.execute("SELECT 1")  # psycopg opened a transaction: A now holds the backend
+        # psycopg opened a transaction with a transaction id: A holds the backend (not parked)
+        a.execute("SELECT pg_current_xact_id()")
         t0 = time.monotonic()
         with pytest.raises(errors.QueryCanceled) as info:
             b.execute("SELECT 2")

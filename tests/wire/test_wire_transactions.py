@@ -94,8 +94,9 @@ async def test_psycopg_writer_asyncpg_reader(server: WireServer, unique) -> None
 
 
 def test_transactions_from_many_threads_do_not_interleave(server: WireServer, unique) -> None:
-    """Read-modify-write inside explicit transactions from 6 threads: no lost update, because a
-    transaction holds the one backend from BEGIN to COMMIT."""
+    """Read-modify-write inside explicit transactions from 6 threads: no lost update. As on
+    PostgreSQL under READ COMMITTED this needs SELECT ... FOR UPDATE: a transaction that has only read
+    is parked while others wait (README, "Parking"), one that locked a row holds the backend."""
     table = unique("iso_counter")
     with server.psycopg(autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (v int)")
@@ -107,7 +108,7 @@ def test_transactions_from_many_threads_do_not_interleave(server: WireServer, un
             with server.psycopg() as conn:
                 for _ in range(40):
                     with conn.transaction():
-                        (v,) = conn.execute(f"SELECT v FROM {table}").fetchone()
+                        (v,) = conn.execute(f"SELECT v FROM {table} FOR UPDATE").fetchone()
                         conn.execute(f"UPDATE {table} SET v = %s", (v + 1,))
         except BaseException as exc:
             errors.append(exc)
