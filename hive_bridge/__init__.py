@@ -11,8 +11,6 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING, Any
 
-from .bridge import Bridge
-from .config import BridgeSettings, DatabaseTarget, Settings, load_settings
 from .errors import (
     BackupError,
     BridgeFatalError,
@@ -27,10 +25,10 @@ from .errors import (
     RestoreVersionError,
     StopRefusedError,
 )
-from .readiness import ping
-from .supervisor import State, SupervisorOptions
 
 if TYPE_CHECKING:
+    from .bridge import Bridge
+    from .config import BridgeSettings, DatabaseTarget, Settings, load_settings
     from .engines import (
         auto_bridge,
         create_async_engine,
@@ -38,20 +36,36 @@ if TYPE_CHECKING:
         database_url,
         stop_auto_bridges,
     )
+    from .readiness import ping
+    from .supervisor import State, SupervisorOptions
 
-#: imported on first use: SQLAlchemy takes ~0.1 s to import, and the CLI and the detached
-#: supervisor never need it
-_ENGINE_API = frozenset(
-    {"auto_bridge", "create_async_engine", "create_engine", "database_url", "stop_auto_bridges"}
-)
+#: imported on first use: importing hive_bridge (as the pytest plugin does in every pytest run, or an
+#: app before it needs a server) costs only the error types; SQLAlchemy alone takes ~0.1 s to import,
+#: and the CLI and the detached supervisor never need it
+_LAZY = {
+    "Bridge": "bridge",
+    "BridgeSettings": "config",
+    "DatabaseTarget": "config",
+    "Settings": "config",
+    "load_settings": "config",
+    "ping": "readiness",
+    "State": "supervisor",
+    "SupervisorOptions": "supervisor",
+    "auto_bridge": "engines",
+    "create_async_engine": "engines",
+    "create_engine": "engines",
+    "database_url": "engines",
+    "stop_auto_bridges": "engines",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _ENGINE_API:
-        from . import engines
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hive_bridge' has no attribute {name!r}")
+    import importlib
 
-        return getattr(engines, name)
-    raise AttributeError(f"module 'hive_bridge' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 __all__ = [
