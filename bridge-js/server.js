@@ -436,9 +436,12 @@ async function main() {
   }
   const log = createLogger(opts.logLevel);
   // PostgreSQL is a 9 MB WASM module. By default V8 compiles it with its baseline compiler (Liftoff)
-  // only: measured, that keeps the server ~30-50 MB smaller (≈145 MB instead of ≈185 MB after a
-  // workload; stock pglite-server ≈310 MB) and costs CPU-heavy queries 0-40%; the wire front end, where
-  // most of a small query's time goes, is unaffected. --fast-wasm lets hot functions tier up to TurboFan.
+  // only. Measured in one `make bench` run (README, Benchmarks), V8's default tiering cost +62 MB RSS
+  // right after start (205 vs 143 MB) and +39 MB after `pgbench -i -s 10` (260 vs 221 MB), and made
+  // CPU-heavy pgvector work faster (HNSW build 0.61x the time, text COPY of vectors 1.6x the rate); small
+  // queries were within noise. Every app pays memory all the time, so Liftoff-only stays the default;
+  // --fast-wasm lets hot functions tier up to TurboFan. (hive_bridge also passes --liftoff-only on node's
+  // command line: Node 24 ignores it set here.)
   // Process-wide, so it must be set before the worker compiles the module.
   if (!opts.fastWasm) v8.setFlagsFromString('--liftoff-only');
   const server = new Server(opts, log);
