@@ -27,18 +27,20 @@ from hive_bridge.statefile import read_live_state
 #: an application: the HIVE_* engine API, then one SQL statement per stdin line, result on stdout
 APP = textwrap.dedent(
     """
-    import json, os, sys, threading, time
+    import json, os, socket, sys, threading, time
     import hive_bridge
     from sqlalchemy import text
 
     if sys.argv[1:] == ["thread"]:  # an app with another thread is not forked: it spawns
         threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+    listener = socket.create_server(("127.0.0.1", 0))  # the app's own socket: never the server's
     engine = hive_bridge.create_engine()
     bridge = hive_bridge.auto_bridge()
     status = bridge.status()
     print(json.dumps({"pid": os.getpid(), "port": bridge.port, "attached": bridge.attached,
                       "supervisor": status["supervisor_pid"], "node": status["node_pid"],
-                      "origin": status["origin"]}), flush=True)
+                      "origin": status["origin"], "app_port": listener.getsockname()[1]}),
+          flush=True)
     if sys.argv[1:] == ["fork"]:  # a worker that outlives its parent (gunicorn, multiprocessing)
         child = os.fork()
         if child == 0:
@@ -155,6 +157,10 @@ def test_the_server_runs_outside_the_app_that_started_it(fresh_data_dir: Path, a
     assert supervisor.pid != app.pid
     assert supervisor.name() == "hive-supervise"  # forked from the app: one Python start
     assert supervisor.ppid() != app.pid  # detached: not the app's child, never its zombie
+    # forked, it kept none of the app's descriptors: the app's listening socket is the app's alone
+    held = [c.laddr.port for c in supervisor.net_connections() if c.laddr]
+    assert app.info["app_port"] not in held
+    assert 0 <= supervisor.num_fds() <= 12, supervisor.open_files()
     assert app.info["origin"] == "auto"
     assert app.info["attached"] is True
     assert node_pids_for(fresh_data_dir) == [app.info["node"]]
