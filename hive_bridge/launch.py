@@ -263,13 +263,15 @@ class _Forked(_Child):
 
 
 def _can_fork() -> bool:
-    """Fork only a process with no other thread: a thread's locks would be copied mid-use."""
+    """Fork only a Linux process with no other thread: a thread's locks would be copied mid-use
+    (``/proc/self/task`` counts native threads too). macOS forbids using many system frameworks
+    in a forked child that does not exec, so there the supervisor is always spawned."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
-        import threading
-
-        return threading.active_count() == 1
+        return False
 
 
 def _spawn_daemon(spec: DaemonSpec, log_fd: int, write_fd: int) -> subprocess.Popen[bytes]:
