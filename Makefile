@@ -66,8 +66,11 @@ $(TEMPLATE_STAMP): $(NPM_STAMP) $(JS)/src/datadir.js $(JS)/src/extensions.js
 run: install
 	$(BIN)/hive-bridge start --foreground --data-dir $(DATA)
 
+# two pytest-xdist workers: most tests wait on processes and conditions, not on the CPU (serial: ~12 min
+# on 2 cores; -n 2: ~7 min). `make test TEST_ARGS=` runs them one at a time.
+TEST_ARGS ?= -n 2
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest $(TEST_ARGS)
 
 # dist/: the sdist, and the wheel built from it (bridge-js and its run-time node_modules inside)
 .PHONY: wheel

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -209,9 +208,15 @@ def _schema_sql(statement: LiteralString, schema: str) -> sql.Composed:
     return sql.SQL(statement).format(sql.Identifier(schema))
 
 
-def _worker_dir(base: Path) -> Path:
-    """One directory per xdist worker (``gw0``, …), or ``main`` without xdist."""
-    return base / os.environ.get("PYTEST_XDIST_WORKER", "main")
+def _worker_dir(base: Path, config: pytest.Config) -> Path:
+    """One directory per xdist worker (``gw0``, …), or ``main`` without xdist.
+
+    Asked of this session's config, not the environment: a pytest run started from inside an xdist
+    worker (pytester, a subprocess) inherits PYTEST_XDIST_WORKER without being a worker itself.
+    """
+    workerinput = getattr(config, "workerinput", None)
+    worker = workerinput.get("workerid", "main") if isinstance(workerinput, dict) else "main"
+    return base / str(worker)
 
 
 class _SessionState:
@@ -243,7 +248,7 @@ def _hive_bridge_state(
 ) -> Iterator[_SessionState]:
     settings = PluginSettings.from_config(request.config)
     base = settings.data_dir or tmp_path_factory.getbasetemp() / "hive-bridge"
-    root = _worker_dir(base)
+    root = _worker_dir(base, request.config)
     root.mkdir(parents=True, exist_ok=True)
     state = _SessionState(settings, root, request.config.rootpath)
     yield state
