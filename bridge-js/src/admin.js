@@ -62,7 +62,7 @@ export function snapshot(server) {
     connections: server.sessions.size,
     connections_total: server.stats.connections,
     waiting: sched ? sched.queue.filter((q) => !q.isJob).length : 0, // clients, not maintenance jobs
-    holder: sched && sched.holder ? sched.holder.pid : null,
+    holder: sched && sched.holder && !sched.holder.isJob ? sched.holder.pid : null, // a client; a job: activity.job
     queued_messages: queued,
     messages: server.stats.messages,
     queries_served: server.stats.queries,
