@@ -12,51 +12,10 @@
 import { reply, authorized, postJson, RouteError } from './httpjson.js';
 export const TERMINATE_MESSAGE = 'terminating connection due to administrator command';
 
-function stateOf(s, sched) {
-  if (s.phase !== 'ready') return 'starting';
-  if (sched.holder === s) {
-    if (sched.running) return 'active';
-    return s.txStatus === 'I' ? 'holding' : s.txStatus === 'E' ? 'idle in transaction (aborted)' : 'idle in transaction';
-  }
-  if (s.queued) return 'waiting';
-  if (s.parked) return 'idle in transaction (parked)';
-  if (s.txStatus === 'E') return 'idle in transaction (aborted)';
-  if (s.txStatus === 'T') return 'idle in transaction';
-  return 'idle';
-}
-
-/** One client as GET /clients shows it (Session.info() when the session has one). */
-export function describeClient(s, sched, now = Date.now()) {
-  const base = typeof s.info === 'function' ? s.info(now) : {};
-  const holding = sched.holder === s;
-  const last = typeof s.lastStatement === 'string' ? s.lastStatement : '';
-  let since = null;
-  if (holding && s.heldSince) since = s.heldSince;
-  else if (s.queued && s.queuedSince) since = s.queuedSince;
-  else if (s.parked && s.parked.since) since = s.parked.since;
-  return {
-    pid: s.pid,
-    application_name: s.applicationName ?? '',
-    user: s.params?.user ?? null,
-    address: s.unix ? 'unix socket' : `${s.socket.remoteAddress}:${s.socket.remotePort}`,
-    ...base,
-    state: base.state ?? stateOf(s, sched),
-    tx_status: s.txStatus,
-    holding,
-    parked: !!s.parked,
-    waiting: !!s.queued,
-    connected_at: new Date(s.connectedAt).toISOString(),
-    since: since ? new Date(since).toISOString() : null,
-    last_statement: last.length > 1000 ? `${last.slice(0, 1000)}...` : last,
-  };
-}
-
-/** Every connected client, oldest first. */
 export function listClients(server) {
-  const sched = server.scheduler;
   const now = Date.now();
   const out = [];
-  for (const s of server.sessions.values()) if (!s.closed) out.push(describeClient(s, sched, now));
+  for (const s of server.sessions.values()) if (!s.closed) out.push(s.info(now)); // session.js
   out.sort((a, b) => a.pid - b.pid);
   return out;
 }

@@ -98,30 +98,36 @@ export class Session {
   /** One line of `hive-bridge clients` / the admin endpoint. */
   info(now = Date.now()) {
     const sched = this.scheduler;
+    const holding = sched.holder === this;
+    const inTx = this.txStatus === 'E' ? 'idle in transaction (aborted)' : 'idle in transaction';
     let state = 'idle';
     if (this.phase !== 'ready') state = 'starting';
-    else if (sched.holder === this) state = sched.running ? 'active' : this.txStatus === 'I' ? 'holding' : 'idle in transaction';
+    else if (holding) state = sched.running ? 'active' : this.txStatus === 'I' ? 'holding' : inTx;
     else if (this.queued) state = 'waiting';
     else if (this.parked) state = 'idle in transaction (parked)';
-    else if (this.txStatus !== 'I') state = 'idle in transaction';
-    const addr = this.unix ? 'unix' : `${this.socket.remoteAddress}:${this.socket.remotePort}`;
+    else if (this.txStatus !== 'I') state = inTx;
+    const since = holding ? this.heldSince : this.queued ? this.queuedSince : this.parked ? this.parked.since : null;
+    const last = this.lastStatement;
     return {
       pid: this.pid,
       application_name: this.applicationName,
       user: this.params.user ?? null,
-      address: addr,
+      address: this.unix ? 'unix' : `${this.socket.remoteAddress}:${this.socket.remotePort}`,
       state,
       tx_status: this.txStatus,
-      holding: sched.holder === this,
+      holding,
       parked: !!this.parked,
       park_refused: this.parkRefused,
       waiting: !!this.queued,
+      connected_at: new Date(this.connectedAt).toISOString(),
       connected_ms: now - this.connectedAt,
-      since_ms: sched.holder === this ? now - this.heldSince : this.queued ? now - this.queuedSince : this.parked ? now - this.parked.since : null,
-      last_statement: this.lastStatement.length > 1000 ? `${this.lastStatement.slice(0, 1000)}...` : this.lastStatement,
+      since: since ? new Date(since).toISOString() : null,
+      since_ms: since ? now - since : null,
+      last_statement: last.length > 1000 ? `${last.slice(0, 1000)}...` : last,
       last_statement_ms: this.lastStatementAt ? now - this.lastStatementAt : null,
     };
   }
+
 
   describe() {
     const app = this.applicationName;
