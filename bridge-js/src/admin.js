@@ -4,50 +4,15 @@ import { snapshotRoute } from './snapshot.js';
 import { postJson, pathOf } from './httpjson.js';
 import { clientsRoute } from './clients.js';
 
-/** Truncated for display: a statement can be megabytes long. */
-function shortSql(sql) {
-  if (typeof sql !== 'string') return null;
-  const flat = sql.replace(/\s+/g, ' ').trim();
-  return flat.length > 200 ? `${flat.slice(0, 200)}…` : flat;
-}
-
-function describeHolder(h) {
-  if (!h) return null;
-  if (h.isJob) return null;
-  return {
-    pid: h.pid ?? null,
-    application_name: typeof h.applicationName === 'string' ? h.applicationName : null,
-    state: h.txStatus === 'I' ? 'active' : h.txStatus === 'T' ? 'idle in transaction' : h.txStatus === 'E' ? 'idle in transaction (aborted)' : null,
-    last_statement: shortSql(h.lastStatement ?? null),
-  };
-}
-
 /**
- * What the backend is doing, answered by the main thread without a backend turn: the scheduler's own
- * activity() when it has one, else what can be read off its fields. backend: idle | running (a
- * statement is inside PGlite) | holding (a client owns the backend between statements, e.g. in a
- * transaction) | restarting (the engine reopens after a cancel, timeout or failure).
+ * What the backend is doing, answered by the main thread without a backend turn (scheduler.activity()).
+ * backend: idle | running (a statement is inside PGlite) | holding (a client owns the backend between
+ * statements, e.g. in a transaction) | restarting (the engine reopens after a cancel, timeout or failure).
  */
 export function activity(server) {
   const sched = server.scheduler;
   if (!sched) return { backend: server.state === 'ready' ? 'idle' : 'starting', running_ms: null, held_ms: null, holder: null, job: null, waiting: 0, parked: 0 };
-  if (typeof sched.activity === 'function') return sched.activity();
-  const now = Date.now();
-  const h = sched.holder;
-  const held = h && h.heldSince ? now - h.heldSince : null;
-  let backend = 'idle';
-  if (sched.restarting) backend = 'restarting';
-  else if (sched.running) backend = 'running';
-  else if (h) backend = 'holding';
-  return {
-    backend,
-    running_ms: sched.running ? held : null, // the scheduler does not time statements: the turn's age
-    held_ms: held,
-    holder: describeHolder(h),
-    job: h && h.isJob ? h.name : null,
-    waiting: sched.queue.length,
-    parked: 0,
-  };
+  return sched.activity();
 }
 
 export function snapshot(server) {
@@ -61,7 +26,7 @@ export function snapshot(server) {
     uptime_s: Math.round((Date.now() - server.startedAt) / 100) / 10,
     connections: server.sessions.size,
     connections_total: server.stats.connections,
-    waiting: sched ? sched.queue.filter((q) => !q.isJob).length : 0, // clients, not maintenance jobs
+    waiting: sched ? sched.waitingClients() : 0, // clients, not maintenance jobs
     holder: sched && sched.holder && !sched.holder.isJob ? sched.holder.pid : null, // a client; a job: activity.job
     queued_messages: queued,
     messages: server.stats.messages,

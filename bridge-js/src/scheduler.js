@@ -553,6 +553,13 @@ export class Scheduler {
     }
   }
 
+  /** Clients in the queue (not maintenance jobs). */
+  waitingClients() {
+    let n = 0;
+    for (const q of this.queue) if (!q.isJob) n += 1;
+    return n;
+  }
+
   /** What the backend is doing right now, for /health, /stats and `hive-bridge status`. */
   activity() {
     const now = Date.now();
@@ -569,7 +576,7 @@ export class Scheduler {
       held_ms: h ? now - h.heldSince : null,
       holder: h && !h.isJob ? h.info(now) : null,
       job: h && h.isJob ? h.name : null,
-      waiting: this.queue.length,
+      waiting: this.waitingClients(),
       parked,
       parking: { ...this.parking.stats },
       batching: { ...this.batching.stats },
