@@ -19,7 +19,6 @@
 import * as P from './protocol.js';
 import * as SQL from './sql.js';
 import { mayIntercept } from './intercept.js';
-import { BackendError } from './backend.js';
 import { QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, FLUSH } from './msgtypes.js';
 
 export const MAX_BATCH = 32;
@@ -145,7 +144,7 @@ export class Batching {
       const { s, ctx } = it;
       s.inBatch = false;
       if (it.skipped) {
-        this.answerSkipped(it);
+        this.answerError(it, '57014', 'canceling statement due to user request');
       } else if (i < outs.length) {
         if (!s.closed) sched.deliver(s, outs[i], ctx, false);
         if (ctx.unnamed === 'mine') {
@@ -155,14 +154,14 @@ export class Batching {
       } else if (i === failedAt) {
         if (interruption && interruption.session === s) {
           sched.interrupts.interruption = null;
-          const e = P.errorResponse({ code: interruption.code, message: interruption.message });
-          const parts = [];
-          for (let k = 0; k < Math.max(1, ctx.boundaries); k++) parts.push(e, P.readyForQuery('I'));
-          s.send(Buffer.concat(parts));
-        } else if (!(error instanceof BackendError) || !sched.draining) {
-          sched.log.error(`client ${s.id}: the database engine failed in a batch: ${String(error && error.message).split('\n')[0]}`);
-          s.fatal('XX000', `the database engine failed while running this connection's request: ${String(error && error.message).split('\n')[0]}`);
-        } else s.fatal('57P01', 'terminating connection due to administrator command');
+          this.answerError(it, interruption.code, interruption.message);
+        } else if (sched.draining) {
+          s.fatal('57P01', 'terminating connection due to administrator command');
+        } else {
+          const why = String(error && error.message).split('\n')[0];
+          sched.log.error(`client ${s.id}: the database engine failed in a batch: ${why}`);
+          s.fatal('XX000', `the database engine failed while running this connection's request: ${why}`);
+        }
       } else {
         // never ran: its messages go back, unchanged, to run again
         s.inbox.unshift(...it.msgs);
@@ -193,12 +192,12 @@ export class Batching {
     sched.pump();
   }
 
-  answerSkipped(it) {
-    const { s, ctx } = it;
-    const e = P.errorResponse({ code: '57014', message: 'canceling statement due to user request' });
+  /** One error and ReadyForQuery for each Sync/Query of a request that did not run to its end. */
+  answerError(it, code, message) {
+    const e = P.errorResponse({ code, message });
     const parts = [];
-    for (let k = 0; k < Math.max(1, ctx.boundaries); k++) parts.push(e, P.readyForQuery('I'));
-    s.send(Buffer.concat(parts));
+    for (let k = 0; k < it.ctx.boundaries; k++) parts.push(e, P.readyForQuery('I'));
+    it.s.send(Buffer.concat(parts));
   }
 
   /** A cancel for a client whose request is in the running batch. */

@@ -48,11 +48,7 @@ export class Interrupts {
     const parts = [];
     const e = P.errorResponse({ code: err.code, message: err.message });
     if (before === 'T' || before === 'E') {
-      // PostgreSQL leaves the transaction aborted, not gone: recreate that on the new backend so the
-      // client's next statements fail until it rolls back, as they would there.
-      await sched.replay.switchTo(s);
-      await sched.execInternal(s, P.query('BEGIN; SELECT 1/0'));
-      s.txStatus = 'E';
+      await this.recreateAborted(s);
     } else s.txStatus = 'I';
     for (let i = 0; i < ctx.boundaries; i++) parts.push(e, P.readyForQuery(s.txStatus));
     // Messages after the last Sync (or a batch with none yet) get the error alone; as PostgreSQL does after
@@ -72,11 +68,17 @@ export class Interrupts {
    * transaction is lost with the old backend, so it is recreated as aborted (25P02 until ROLLBACK).
    */
   async afterInternalInterrupt(s) {
-    const sched = this.sched;
     await this.awaitRestart();
-    if (s.closed || s.parked || s.txStatus === 'I') return;
-    await sched.replay.switchTo(s);
-    await sched.execInternal(s, P.query('BEGIN; SELECT 1/0'));
+    if (!s.closed && !s.parked && s.txStatus !== 'I') await this.recreateAborted(s);
+  }
+
+  /**
+   * PostgreSQL leaves a transaction whose statement was stopped aborted, not gone: recreate that on the
+   * new backend so the client's next statements fail (25P02) until it rolls back, as they would there.
+   */
+  async recreateAborted(s) {
+    await this.sched.replay.switchTo(s);
+    await this.sched.execInternal(s, P.query('BEGIN; SELECT 1/0'));
     s.txStatus = 'E';
   }
 

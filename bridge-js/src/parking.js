@@ -75,25 +75,9 @@ export class Parking {
       return false;
     }
     // the check, and in the same hop (worker-side) the ROLLBACK if the check found nothing
-    const out = P.parseMessages(await sched.execInternal(s, CHECK, ROLLBACK));
-    let reason = null;
-    let readOnly = false;
-    let deferrable = false;
-    for (const msg of out) {
-      if (msg.type === DATA_ROW && reason === null) {
-        reason = msg.values[0];
-        readOnly = msg.values[1] === 'on';
-        deferrable = msg.values[2] === 'on';
-      } else if (msg.type === ERROR) {
-        // cannot happen short of a bug or no memory; the client's transaction is aborted now: say so
-        sched.log.error(`client ${s.id}: parking check failed: ${msg.fields.M}`);
-        s.txStatus = 'E';
-        this.refuse(s, `the parking check failed: ${msg.fields.M}`);
-        return false;
-      }
-    }
+    const { reason, readOnly, deferrable, out } = await this.check(s, ROLLBACK);
     if (reason !== '') {
-      this.refuse(s, reason ?? 'the parking check gave no answer');
+      this.refuse(s, reason);
       return false;
     }
     const z = out.filter((msg) => msg.type === READY).pop();
@@ -106,16 +90,25 @@ export class Parking {
 
   /** Why this idle transaction could not be parked ('' if it could), without parking it. */
   async whyNot(s) {
-    const front = this.frontReason(s);
-    if (front) return front;
-    for (const msg of P.parseMessages(await this.sched.execInternal(s, CHECK))) {
-      if (msg.type === DATA_ROW) return msg.values[0];
-      if (msg.type === ERROR) {
-        s.txStatus = 'E';
-        return `the parking check failed: ${msg.fields.M}`;
-      }
+    return this.frontReason(s) ?? (await this.check(s, null)).reason;
+  }
+
+  /**
+   * Run the check (and `then` in the same hop if it finds nothing): { reason, readOnly, deferrable, out },
+   * reason '' when the transaction can be parked.
+   */
+  async check(s, then) {
+    const out = P.parseMessages(await this.sched.execInternal(s, CHECK, then));
+    const row = out.find((msg) => msg.type === DATA_ROW);
+    const err = out.find((msg) => msg.type === ERROR);
+    if (err) {
+      // cannot happen short of a bug or no memory; the client's transaction is aborted now: say so
+      this.sched.log.error(`client ${s.id}: parking check failed: ${err.fields.M}`);
+      s.txStatus = 'E';
+      return { reason: `the parking check failed: ${err.fields.M}`, out };
     }
-    return 'the parking check gave no answer';
+    if (!row) return { reason: 'the parking check gave no answer', out };
+    return { reason: row.values[0], readOnly: row.values[1] === 'on', deferrable: row.values[2] === 'on', out };
   }
 
   refuse(s, reason) {
