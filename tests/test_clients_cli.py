@@ -42,6 +42,7 @@ def test_clients_lists_and_terminate_ends_one(shared_bridge: Bridge) -> None:
 
         wait_until(
             lambda: str(pid) not in run_cli("clients", "--data-dir", data_dir).stdout,
+            timeout=60,  # each look is a CLI start: seconds on a loaded machine
             what="the terminated client to leave the list",
         )
         again = run_cli("terminate", str(pid), "--data-dir", data_dir)
