@@ -3,13 +3,11 @@
 Before every probe: did the child die? (then raise with its exit status, its error JSON and the log
 tail). Then: has it printed ``{"event":"ready",…}`` (read from this spawn's offset in the log)? Then:
 does ``SELECT 1`` through the wire answer? :func:`ping` is also the supervisor's health check, so it
-is built to never hang: its own event loop, ``wait_for`` around connect and query, ``terminate()``.
+is built to never hang: a blocking standard-library client with one deadline (:mod:`.wireping`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 import logging
 import time
@@ -17,13 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
-
-import asyncpg
+from urllib.parse import urlsplit
 
 from .errors import BridgeStartError, DataDirError, PortInUseError, display_path
 from .ports import port_owner
 from .process import NodeProcess, read_log_tail
+from .wireping import TooManyClients, ping_select1
 
 __all__ = [
     "DATA_DIR_CODES",
@@ -134,75 +131,33 @@ def parse_events(text: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------ ping
 
 
-def _connect_params(dsn: str) -> dict[str, Any]:
-    parts = urlsplit(dsn)
-    return {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 5432,
-        "user": unquote(parts.username or "postgres"),
-        "password": unquote(parts.password) if parts.password else None,
-        "database": unquote(parts.path.lstrip("/")) or "postgres",
-        "ssl": False,
-    }
-
-
-async def _ping(params: dict[str, Any], timeout: float) -> float:
-    start = time.monotonic()
-    conn: Any = None
-    try:
-        try:
-            conn = await asyncio.wait_for(asyncpg.connect(timeout=timeout, **params), timeout)
-        except asyncpg.exceptions.TooManyConnectionsError:
-            # Every connection slot is taken: the server answered the startup with a proper error, so
-            # it is alive and busy, not hung. Restarting it would drop every one of those connections.
-            log.debug(
-                "ping %s:%s: all connection slots in use (53300); the server answers",
-                params["host"],
-                params["port"],
-            )
-            return time.monotonic() - start
-        connected = time.monotonic()
-        remaining = max(0.05, timeout - (connected - start))
-        await asyncio.wait_for(conn.execute("SELECT 1"), remaining)
-        done = time.monotonic()
-        log.debug(
-            "ping %s:%s: connect %.1f ms, SELECT 1 %.1f ms",
-            params["host"],
-            params["port"],
-            (connected - start) * 1000,
-            (done - connected) * 1000,
-        )
-        return done - start
-    finally:
-        if conn is not None:
-            conn.terminate()
-
-
-def _run_private_loop(params: dict[str, Any], timeout: float) -> float:
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(_ping(params, timeout))
-    finally:
-        try:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
-
-
 def ping(dsn: str, timeout: float = 2.0) -> float:
     """Connect, run ``SELECT 1``, disconnect; return the seconds it took.
 
-    Raises whatever failed (``TimeoutError``, ``OSError``, an asyncpg error). Works from any thread,
-    also one running an event loop (it then uses a helper thread), and never blocks much longer than
-    ``timeout``.
+    Raises whatever failed (``TimeoutError``, ``OSError``, :class:`~.wireping.PingError`). Blocking,
+    works from any thread, and never takes much longer than ``timeout`` (one deadline for the whole
+    exchange). All connection slots taken (53300) counts as an answer: the server is alive and busy,
+    not hung, and restarting it would drop every one of those connections.
     """
-    params = _connect_params(dsn)
+    start = time.monotonic()
+    parts = urlsplit(dsn)
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return _run_private_loop(params, timeout)
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hive-bridge-ping") as pool:
-        return pool.submit(_run_private_loop, params, timeout).result()
+        connect, query = ping_select1(dsn, timeout)
+    except TooManyClients:
+        log.debug(
+            "ping %s:%s: all connection slots in use (53300); the server answers",
+            parts.hostname,
+            parts.port,
+        )
+        return time.monotonic() - start
+    log.debug(
+        "ping %s:%s: connect %.1f ms, SELECT 1 %.1f ms",
+        parts.hostname,
+        parts.port,
+        connect * 1000,
+        query * 1000,
+    )
+    return connect + query
 
 
 # ------------------------------------------------------------------------------- readiness
