@@ -166,6 +166,7 @@ class Server {
       this.adminToken = pw;
     }
     const pgliteVersion = packageVersion('@electric-sql/pglite');
+    let dataDirReady = null; // a copy of the template, still running while PGlite's worker starts
     if (opts.dataDir) {
       if (opts.lockFd !== null) DataDir.verifyLock(opts.lockFd);
       else if (!opts.noLock) {
@@ -176,9 +177,19 @@ class Server {
         this.stamp = DataDir.checkStamp(opts.dataDir, pgliteVersion); // refuse a foreign dir untouched
         DataDir.clearCrashLeftovers(opts.dataDir, log);
       } else if (opts.useTemplate) {
-        await this.createDataDir(pgliteVersion);
+        ({ copying: dataDirReady } = await this.createDataDir(pgliteVersion));
       }
     }
+    try {
+      await this.listenAndOpen(dataDirReady);
+    } catch (err) {
+      if (dataDirReady) await dataDirReady.catch(() => {}); // never exit with the copy half done
+      throw err;
+    }
+  }
+
+  async listenAndOpen(dataDirReady) {
+    const { opts, log } = this;
 
     // Listen first, so a taken port fails in milliseconds, not after PGlite opened; connections that
     // arrive before the backend is ready wait, paused.
@@ -199,8 +210,9 @@ class Server {
     const extensions = this.extensionPlan();
     this.backend = new Backend({ dataDir: opts.dataDir, extensions, startParams, log });
     try {
-      this.info = await this.backend.open();
+      this.info = await this.backend.open({ dataDirReady });
     } catch (err) {
+      if (err instanceof StartError) throw err;
       throw new StartError('open_failed', `PGlite could not open ${opts.dataDir ?? 'the in-memory database'}: ${String(err.message).split('\n')[0]}`,
         'see the server log above; the data dir was not modified or deleted');
     }
@@ -314,16 +326,25 @@ class Server {
     }
   }
 
-  /** A new data dir is a copy of a cached, pristine one: ~0.1 s instead of initdb's ~3.5 s. */
+  /**
+   * A new data dir is a copy of a cached, pristine one: ~0.2 s instead of initdb's ~3.5 s. Returns
+   * `{ copying }`: the running copy (a promise), null when there is no template (PGlite runs initdb in place).
+   */
   async createDataDir(pgliteVersion) {
     const tdir = DataDir.templateDir(this.opts.cacheDir, pgliteVersion);
     try {
       await this.buildTemplate(tdir);
     } catch (err) {
       this.log.warn(`cannot use a template at ${tdir} (${err.message}); running initdb in place`);
-      return;
+      return { copying: null };
     }
-    DataDir.createFromTemplate(tdir, this.opts.dataDir, this.log);
+    const dir = this.opts.dataDir;
+    const copying = DataDir.createFromTemplate(tdir, dir, this.log).catch((err) => {
+      throw new StartError('data_dir_invalid', `cannot create the data dir ${dir} from the template ${tdir}: ${err.message}`,
+        'check that the parent directory is writable and has space; nothing was written to the data dir');
+    });
+    copying.catch(() => {}); // awaited by the backend's open (or on a failed start); never unhandled
+    return { copying };
   }
 
   /** What --extensions offers (see src/extensions.js): resolved once, the bundles extracted on first use. */

@@ -37,7 +37,12 @@ export class Backend extends EventEmitter {
     this.execs = 0;
   }
 
-  async open() {
+  /**
+   * Start the worker and open the data dir. `dataDirReady` (a promise): the data dir is still being
+   * created; the worker imports PGlite and compiles its WASM meanwhile and opens the dir once it resolves.
+   * If it rejects, the worker is stopped and open() rejects with that error.
+   */
+  async open({ dataDirReady = null } = {}) {
     this.marks = Marks.create();
     const started = Date.now();
     this.channel = Channel.create();
@@ -48,6 +53,7 @@ export class Backend extends EventEmitter {
         dataDir: this.dataDir,
         extensions: this.extensions,
         startParams: this.startParams,
+        waitForDataDir: dataDirReady !== null,
       },
       transferList: this.channel.transferList, // the port that brings the worker shrunk buffers
       stdout: false,
@@ -62,6 +68,12 @@ export class Backend extends EventEmitter {
       worker.on('message', onMessage);
       worker.once('error', (err) => reject(new BackendError(String((err && err.stack) || err))));
       worker.once('exit', (code) => reject(new BackendError(`PGlite worker exited with code ${code} while opening`)));
+      if (dataDirReady) {
+        dataDirReady.then(() => worker.postMessage({ type: 'data-dir-ready' }), (err) => {
+          reject(err);
+          worker.terminate();
+        });
+      }
     });
     worker.removeAllListeners('message');
     worker.removeAllListeners('error');

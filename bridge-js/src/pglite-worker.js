@@ -44,6 +44,9 @@ async function open() {
   if (startParams && startParams.length) options.startParams = startParams;
   const wasm = await compiling;
   options.pgliteWasmModule = wasm.module;
+  // A new data dir is still being copied from the template: the import and the compile above overlap
+  // with the copy; PGlite itself must not look at the directory before the main thread says it is there.
+  if (workerData.waitForDataDir) await new Promise((resolve) => parentPort.once('message', resolve));
   const tCreate = performance.now();
   const db = await PGlite.create(options);
   const timings = {
