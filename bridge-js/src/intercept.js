@@ -6,6 +6,7 @@ import * as P from './protocol.js';
 import * as SQL from './sql.js';
 import { FLUSH, SYNC, COPY_DATA } from './msgtypes.js';
 import { CopyBuffer } from './copybuf.js';
+import { convertCopy } from './copyconvert.js';
 
 /** A query the front end may have to handle itself (cheap test on the first letter first). */
 export function mayIntercept(sql) {
@@ -83,9 +84,11 @@ export class Intercepts {
       return true;
     }
     if (!done) return n > 0;
-    const data = s.copy.take();
+    const collected = s.copy.take();
     s.copy = null;
-    await sched.runBatch(s, [data], sched.newContext({ boundaries: 1, unnamed: 'gone' }), { stripCopyIn: true });
+    const ctx = sched.newContext({ boundaries: 1, unnamed: 'gone' });
+    const data = await convertCopy(sched, s, collected, ctx); // binary when exact (copyconvert.js)
+    if (data) await sched.runBatch(s, [data], ctx, { stripCopyIn: true });
     return true;
   }
 
