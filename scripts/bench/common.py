@@ -243,12 +243,29 @@ def memory_of(pids: list[int]) -> dict[str, float] | None:
     if not procs:
         return None
     rss = pss = 0
+    parts: list[dict[str, Any]] = []
     for p in procs:
         with contextlib.suppress(psutil.Error):
             full = p.memory_full_info()
             rss += full.rss
             pss += getattr(full, "pss", full.rss)
-    return {"rss_mb": rss / 2**20, "pss_mb": pss / 2**20, "processes": len(procs)}
+            parts.append({"name": p.name(), **_pss_split(p.pid)})
+    return {"rss_mb": rss / 2**20, "pss_mb": pss / 2**20, "processes": len(procs), "parts": parts}
+
+
+def _pss_split(pid: int) -> dict[str, float]:
+    """PSS of one process split into anonymous memory (heaps, WASM memory and code) and file
+    pages (the executable and libraries), in MiB, from /proc/PID/smaps_rollup (Linux)."""
+    out: dict[str, float] = {}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Pss", "Pss_Anon", "Pss_File"):
+            out[key.lower() + "_mb"] = int(rest.split()[0]) / 1024
+    return out
 
 
 def cpu_seconds(pids: list[int]) -> float:

