@@ -17,6 +17,8 @@ import shutil
 import struct
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal, getcontext
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +324,80 @@ def start_node(data_dir: Path, log: Path, *flags: str) -> NodeServer:
         raise
     dsn = f"host=127.0.0.1 port={ready['port']} user=postgres dbname=postgres gssencmode=disable"
     return NodeServer(dsn, log, proc)
+
+
+def exact_float4(text: str) -> float:
+    """strtof's result for a decimal string: the float4 nearest to its exact value, ties to even."""
+    x = Fraction(text)
+    if x == 0:
+        return -0.0 if text.startswith("-") else 0.0
+    near = struct.unpack("f", struct.pack("f", float(x)))[0]  # within one float4 of the answer
+    bits = struct.unpack("I", struct.pack("f", abs(near)))[0]
+    around = [
+        struct.unpack("f", struct.pack("I", b))[0]
+        for b in (bits - 1, bits, bits + 1)
+        if b < 0x7F800000  # not infinity
+    ]
+    best = min(around, key=lambda f: (abs(Fraction(f) - abs(x)), struct.pack("f", f)[0] & 1))
+    return best if x > 0 else -best
+
+
+def near_midpoints(rnd: random.Random, n: int) -> list[str]:
+    """Decimals at and around the midpoints between float4 neighbours, where double rounding bites."""
+    out = []
+    for _ in range(n):
+        f = abs(struct.unpack("f", struct.pack("f", rnd.uniform(1e-30, 1e30)))[0])
+        bits = struct.unpack("I", struct.pack("f", f))[0]
+        mid = (Fraction(f) + Fraction(struct.unpack("f", struct.pack("I", bits + 1))[0])) / 2
+        exact = Decimal(mid.numerator) / Decimal(mid.denominator)
+        sign = rnd.choice(["", "-"])
+        out += [sign + format(exact, f".{digits}e") for digits in (8, 15, 16, 17, 18, 19, 22)]
+        out += [sign + format(exact, "f"), sign + format(exact, "f") + "000001"]
+    return out
+
+
+def test_float4_reading_is_strtofs_rounding_or_nothing() -> None:
+    """The front end's float4 reader (copyfields.js readFloat4, by its test export) against exact
+    rounding: wherever it gives a value, that is strtof's; where it cannot be sure it gives none."""
+    getcontext().prec = 120
+    rnd = random.Random(3)
+    texts = near_midpoints(rnd, 1500)
+    for _ in range(3000):
+        x = rnd.uniform(-2, 2) * 10 ** rnd.randint(-30, 30)
+        texts += [repr(x), f"{x:.{rnd.randint(1, 25)}g}", f"{x:.{rnd.randint(0, 12)}f}"]
+        texts.append(repr(struct.unpack("f", struct.pack("f", x))[0]) if abs(x) < 1e38 else "1")
+    texts += ["16777217", "1.0000000596046448", "3.4028235e38", "3.4028236e38", "1e-38", "-0"]
+    script = (
+        "import('./src/copyfields.js').then((m) => {"
+        " const texts = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+        " const out = texts.map((t) => { const f = m.float4OfBytes(t);"
+        " return f === undefined ? null : Object.is(f, -0) ? '-0' : String(f); });"
+        " process.stdout.write(JSON.stringify(out)); })"
+    )
+    install = locate()
+    run = subprocess.run(
+        [str(install.node), "-e", script],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        cwd=install.js_dir,
+        timeout=60,
+        check=True,
+    )
+    results = json.loads(run.stdout)
+    wrong = [
+        (t, r, exact_float4(t))
+        for t, r in zip(texts, results, strict=True)
+        if (r is not None and float(r) != exact_float4(t)) or (r == "-0" and not t.startswith("-"))
+    ]
+    assert not wrong, wrong[:5]
+    given = [r for r in results if r is not None]
+    assert len(given) > len(texts) // 2  # it reads most numbers itself
+    # exact midpoints are left to PostgreSQL; the decimal just above one is read
+    assert results[texts.index("16777217")] is None
+    assert results[texts.index("1.0000000596046448")] is None
+    assert results[texts.index("3.4028236e38")] is None  # overflow
+    assert results[texts.index("1e-38")] is None  # subnormal
 
 
 # ---- what stays text gives PostgreSQL's own result --------------------------------------------------

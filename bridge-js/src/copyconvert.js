@@ -1,46 +1,37 @@
 // A text-format COPY ... FROM STDIN converted to binary COPY before PGlite runs it, when that is exact.
 //
 // In the WASM build float parsing goes through software long-double arithmetic: pgvector's vector_in
-// (strtof per element) made a text COPY of vector(384) rows ~30x slower than the same rows in binary
-// format, which PGlite stores without parsing. Drivers send text COPY (psycopg's write_row), so the
-// front end does the parsing here, in JS, and hands PGlite binary rows.
+// (strtof per element) made a text COPY of vector(384) rows ~30x slower inside PGlite than the same rows
+// in binary format, which it stores without parsing. Drivers send text COPY (psycopg's write_row), so the
+// front end reads the rows here, in JS, and hands PGlite binary rows.
 //
-// "Impossible to lose data with": a COPY is converted only when every value of every row has exactly one
-// binary form that stores what PostgreSQL's text input would store; at the first value where that is not
-// certain (a type not listed below, an option, an escape, a float whose rounding could differ, a wrong
-// field count, ...) the original bytes go to PGlite unchanged and PostgreSQL does what it always does,
-// errors included. A conversion never raises an error of its own.
+// "Impossible to lose data with": a COPY is converted only when every value of every row has one binary
+// form that stores exactly what PostgreSQL's text input would store; at the first value where that is not
+// certain (a type or option not listed, an escape, a float whose rounding could differ, a wrong field
+// count, ...) the original bytes go to PGlite unchanged and PostgreSQL does what it always does, errors
+// included. A conversion never raises an error of its own.
 //
 // - Which COPYs: `COPY table [(columns)] FROM STDIN` with no option but FORMAT text, ended by CopyDone,
 //   client and server encoding UTF8.
 // - Column types: one catalog query on the client's own turn (its search_path applies): the table through
 //   to_regclass() of the statement's own text, its columns as COPY takes them (the listed ones in list
-//   order, else attnum > 0, not dropped, not generated). Nothing is cached across COPYs (DDL).
-// - Types (by OID; domains and every other type keep the COPY as text): int2/int4/int8 (strict decimal,
-//   range-checked), float4/float8 (strict decimal; NaN, Infinity, -Infinity), bool (t, f, true, false),
-//   text/varchar/bpchar (their binary input runs the same length check and padding), uuid (canonical
-//   form), json/jsonb, and pgvector's vector (typreceive vector_recv: int16 dim, int16 0, float4s).
-// - float4 and vector elements: Math.fround(Number(s)) rounds twice (decimal to double to float), which
-//   can differ from strtof only when the double is exactly halfway between two floats: kept as text then,
-//   and on overflow, underflow to zero and subnormals (float4in and pgvector treat those specially).
-// - Text format: rows end with \n (a \r anywhere keeps it as text), fields split on tab, \N is NULL,
-//   escapes \b \f \n \r \t \v \\ in text-like fields; any other backslash keeps it as text (octal and hex
-//   escapes can make invalid UTF-8; \. is the end-of-data marker). Text fields must be valid UTF-8
-//   without NUL (else PostgreSQL's own encoding error, from the text COPY).
+//   order, else attnum > 0, not dropped, not generated). Nothing is cached across COPYs (DDL). Which
+//   types convert, and how exactly, is copyfields.js.
+// - Text format: rows end with \n (a \r or a NUL anywhere keeps it as text), fields split on tab, \N is
+//   NULL; a wrong field count keeps it as text (PostgreSQL reports it).
 // - Errors PostgreSQL raises on the converted rows (a constraint, a vector's dimension against its
 //   typmod, a varchar too long) have the same SQLSTATE and message; their CONTEXT line names the row and
 //   column but not the value (binary COPY does not print it).
 // - Memory: one pass over the collected bytes (a row that spans CopyData messages is joined alone) into
-//   one growing output buffer; decoded strings are per field.
-import { isUtf8 } from 'node:buffer';
+//   one growing output buffer; strings are made per field at most.
 import * as P from './protocol.js';
 import * as SQL from './sql.js';
 import { Interrupted } from './interrupt.js';
 import { QUERY, COPY_DATA, COPY_DONE, DATA_ROW, ERROR } from './msgtypes.js';
+import { converterFor, HAS_BACKSLASH, HAS_HIGH } from './copyfields.js';
 
 const CHUNK = 256 * 1024; // CopyData message size of the converted stream
 const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
-const MAX_DIM = 16000; // pgvector's VECTOR_MAX_DIM
 
 // ---- the statement -----------------------------------------------------------------------------------
 
@@ -76,9 +67,6 @@ export function parseCopy(sql) {
 }
 
 // ---- the columns -------------------------------------------------------------------------------------
-
-const OID = { bool: 16, int8: 20, int2: 21, int4: 23, text: 25, json: 114, float4: 700, float8: 701, bpchar: 1042, varchar: 1043, uuid: 2950, jsonb: 3802 };
-const TEXT_LIKE = new Set([OID.text, OID.varchar, OID.bpchar, OID.json]);
 
 function lookupQuery(table) {
   return P.query(
@@ -118,30 +106,6 @@ function planColumns(rows, listed) {
   return { convs, names: cols.map((a) => a.name) };
 }
 
-function converterFor(a) {
-  if (TEXT_LIKE.has(a.oid)) return textField;
-  switch (a.oid) {
-    case OID.jsonb:
-      return jsonbField;
-    case OID.int2:
-      return int2Field;
-    case OID.int4:
-      return int4Field;
-    case OID.int8:
-      return int8Field;
-    case OID.float4:
-      return float4Field;
-    case OID.float8:
-      return float8Field;
-    case OID.bool:
-      return boolField;
-    case OID.uuid:
-      return uuidField;
-    default:
-      return a.typname === 'vector' && a.recv === 'vector_recv' ? vectorField : null;
-  }
-}
-
 // ---- the output --------------------------------------------------------------------------------------
 
 class Out {
@@ -161,223 +125,6 @@ class Out {
     this.ensure(end - start);
     this.pos += src.copy(this.buf, this.pos, start, end);
   }
-}
-
-// ---- the fields: each writes its binary form (length word included) and returns true, or returns
-// false (nothing usable written: the whole COPY stays text). `flags` says what the field's bytes hold.
-
-const HAS_BACKSLASH = 1;
-const HAS_HIGH = 2;
-const UNESCAPE = new Map([[0x62, 8], [0x66, 12], [0x6e, 10], [0x72, 13], [0x74, 9], [0x76, 11], [0x5c, 0x5c]]);
-
-function textBytes(b, p, q, flags, out) {
-  if (flags & HAS_HIGH && !isUtf8(b.subarray(p, q))) return false;
-  if (!(flags & HAS_BACKSLASH)) {
-    out.bytes(b, p, q);
-    return true;
-  }
-  out.ensure(q - p);
-  const o = out.buf;
-  let w = out.pos;
-  for (let i = p; i < q; i++) {
-    const c = b[i];
-    if (c !== 0x5c) {
-      o[w++] = c;
-      continue;
-    }
-    const u = i + 1 < q ? UNESCAPE.get(b[i + 1]) : undefined;
-    if (u === undefined) return false; // octal, hex, \., \X: PostgreSQL's own reading
-    o[w++] = u;
-    i += 1;
-  }
-  out.pos = w;
-  return true;
-}
-
-function textField(b, p, q, flags, out) {
-  out.ensure(4);
-  const at = out.pos;
-  out.pos += 4;
-  if (!textBytes(b, p, q, flags, out)) return false;
-  out.buf.writeInt32BE(out.pos - at - 4, at);
-  return true;
-}
-
-function jsonbField(b, p, q, flags, out) {
-  out.ensure(5);
-  const at = out.pos;
-  out.buf[at + 4] = 1; // jsonb binary format version
-  out.pos += 5;
-  if (!textBytes(b, p, q, flags, out)) return false;
-  out.buf.writeInt32BE(out.pos - at - 4, at);
-  return true;
-}
-
-const INT_RE = /^[+-]?[0-9]+$/;
-
-function intOf(b, p, q, flags, min, max) {
-  if (flags || q - p > 12) return undefined;
-  const s = b.toString('latin1', p, q);
-  if (!INT_RE.test(s)) return undefined;
-  const n = Number(s);
-  return n >= min && n <= max ? n : undefined;
-}
-
-function int2Field(b, p, q, flags, out) {
-  const n = intOf(b, p, q, flags, -32768, 32767);
-  if (n === undefined) return false;
-  out.ensure(6);
-  out.buf.writeInt32BE(2, out.pos);
-  out.buf.writeInt16BE(n, out.pos + 4);
-  out.pos += 6;
-  return true;
-}
-
-function int4Field(b, p, q, flags, out) {
-  const n = intOf(b, p, q, flags, -2147483648, 2147483647);
-  if (n === undefined) return false;
-  out.ensure(8);
-  out.buf.writeInt32BE(4, out.pos);
-  out.buf.writeInt32BE(n, out.pos + 4);
-  out.pos += 8;
-  return true;
-}
-
-const INT8_MIN = -(2n ** 63n);
-const INT8_MAX = 2n ** 63n - 1n;
-
-function int8Field(b, p, q, flags, out) {
-  if (flags || q - p > 40) return false;
-  const s = b.toString('latin1', p, q);
-  if (!INT_RE.test(s)) return false;
-  const n = BigInt(s);
-  if (n < INT8_MIN || n > INT8_MAX) return false;
-  out.ensure(12);
-  out.buf.writeInt32BE(8, out.pos);
-  out.buf.writeBigInt64BE(n, out.pos + 4);
-  out.pos += 12;
-  return true;
-}
-
-// Decimal numbers as strtof/strtod read them, without the spellings left to PostgreSQL (whitespace,
-// hex floats, inf/nan in other cases). Unambiguous, so a failed match does not backtrack.
-const DEC_RE = /^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$/;
-const NONZERO_MANTISSA = /^[^eE]*[1-9]/;
-const SPECIAL = new Map([['NaN', NaN], ['Infinity', Infinity], ['-Infinity', -Infinity]]);
-const FLT_MIN = 2 ** -126;
-const DBL_MIN = 2 ** -1022;
-const BITS = new DataView(new ArrayBuffer(8));
-
-/**
- * The float4 strtof gives for a decimal string, or undefined when it is not certain: Math.fround of the
- * correctly rounded double equals strtof's result unless the double is exactly halfway between two
- * floats (its 29 bits below float precision are 1000...0); underflow and overflow are left to PostgreSQL.
- */
-export function float4Of(s) {
-  if (!DEC_RE.test(s)) return undefined;
-  const d = Number(s);
-  const a = Math.abs(d);
-  if (a === 0) return NONZERO_MANTISSA.test(s) ? undefined : d;
-  if (a < FLT_MIN) return undefined;
-  const f = Math.fround(d);
-  if (f === Infinity || f === -Infinity) return undefined;
-  if (f !== d) {
-    BITS.setFloat64(0, d);
-    if ((BITS.getUint32(4) & 0x1fffffff) === 0x10000000) return undefined;
-  }
-  return f;
-}
-
-/** The float8 strtod gives (the correctly rounded double), or undefined (range limits: PostgreSQL's). */
-export function float8Of(s) {
-  if (!DEC_RE.test(s)) return undefined;
-  const d = Number(s);
-  const a = Math.abs(d);
-  if (a === 0) return NONZERO_MANTISSA.test(s) ? undefined : d;
-  if (a < DBL_MIN || a === Infinity) return undefined;
-  return d;
-}
-
-function float4Field(b, p, q, flags, out) {
-  if (flags) return false;
-  const s = b.toString('latin1', p, q);
-  const f = SPECIAL.has(s) ? SPECIAL.get(s) : float4Of(s);
-  if (f === undefined) return false;
-  out.ensure(8);
-  out.buf.writeInt32BE(4, out.pos);
-  if (Number.isNaN(f)) out.buf.writeUInt32BE(0x7fc00000, out.pos + 4); // PostgreSQL's NaN
-  else out.buf.writeFloatBE(f, out.pos + 4);
-  out.pos += 8;
-  return true;
-}
-
-function float8Field(b, p, q, flags, out) {
-  if (flags) return false;
-  const s = b.toString('latin1', p, q);
-  const d = SPECIAL.has(s) ? SPECIAL.get(s) : float8Of(s);
-  if (d === undefined) return false;
-  out.ensure(12);
-  out.buf.writeInt32BE(8, out.pos);
-  if (Number.isNaN(d)) {
-    out.buf.writeUInt32BE(0x7ff80000, out.pos + 4);
-    out.buf.writeUInt32BE(0, out.pos + 8);
-  } else out.buf.writeDoubleBE(d, out.pos + 4);
-  out.pos += 12;
-  return true;
-}
-
-function boolField(b, p, q, flags, out) {
-  if (flags) return false;
-  const s = b.toString('latin1', p, q);
-  const v = s === 't' || s === 'true' ? 1 : s === 'f' || s === 'false' ? 0 : -1;
-  if (v < 0) return false;
-  out.ensure(5);
-  out.buf.writeInt32BE(1, out.pos);
-  out.buf[out.pos + 4] = v;
-  out.pos += 5;
-  return true;
-}
-
-const UUID_RE = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
-
-function uuidField(b, p, q, flags, out) {
-  if (flags || q - p !== 36) return false;
-  const s = b.toString('latin1', p, q);
-  if (!UUID_RE.test(s)) return false;
-  out.ensure(20);
-  out.buf.writeInt32BE(16, out.pos);
-  out.buf.write(s.replace(/-/g, ''), out.pos + 4, 16, 'hex');
-  out.pos += 20;
-  return true;
-}
-
-// pgvector's text form: [e1,e2,...] with blanks around anything. trim() removes what pgvector's
-// vector_isspace() skips around the brackets (tab, \n, \r and bytes >= 0x80 never reach here); inside,
-// only ' ' is taken (a \v or \f keeps the COPY as text).
-function vectorField(b, p, q, flags, out) {
-  if (flags) return false;
-  const s = b.toString('latin1', p, q).trim();
-  if (s.length < 3 || s.charCodeAt(0) !== 0x5b || s.charCodeAt(s.length - 1) !== 0x5d) return false;
-  const parts = s.slice(1, -1).split(',');
-  const dim = parts.length;
-  if (dim > MAX_DIM) return false;
-  out.ensure(8 + 4 * dim);
-  const o = out.buf;
-  let w = out.pos;
-  o.writeInt32BE(4 + 4 * dim, w);
-  o.writeInt16BE(dim, w + 4);
-  o.writeInt16BE(0, w + 6);
-  w += 8;
-  for (let i = 0; i < dim; i++) {
-    let e = parts[i];
-    if (e.charCodeAt(0) === 0x20 || e.charCodeAt(e.length - 1) === 0x20) e = e.replace(/^ +| +$/g, '');
-    const f = float4Of(e);
-    if (f === undefined) return false; // also NaN, Infinity, empty elements: PostgreSQL's own error
-    o.writeFloatBE(f, w);
-    w += 4;
-  }
-  out.pos = w;
-  return true;
 }
 
 // ---- the rows ----------------------------------------------------------------------------------------
