@@ -31,6 +31,7 @@ import { QUERY, COPY_DATA, COPY_DONE, DATA_ROW, ERROR } from './msgtypes.js';
 import { converterFor, HAS_BACKSLASH, HAS_HIGH } from './copyfields.js';
 
 const CHUNK = 256 * 1024; // CopyData message size of the converted stream
+const SLICE_MS = 50; // longest stretch of conversion without a turn of the event loop
 const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
 
 // ---- the statement -----------------------------------------------------------------------------------
@@ -176,9 +177,10 @@ class RowWriter {
 
 /**
  * Convert the CopyData payloads of data[from, end) (ended by CopyDone) into `out`, framed as CopyData
- * messages. Returns the row count, or { failure }.
+ * messages. Resolves to the row count, or { failure }. Gives the event loop a turn every SLICE_MS: a
+ * 1 GiB COPY takes tens of seconds to read, and /health must answer meanwhile.
  */
-function convertStream(data, from, convs, out) {
+async function convertStream(data, from, convs, out) {
   const rw = new RowWriter(convs, out);
   let msgAt = out.pos;
   const openMessage = () => {
@@ -194,6 +196,7 @@ function convertStream(data, from, convs, out) {
   out.buf.fill(0, out.pos, out.pos + 8); // flags, header extension length
   out.pos += 8;
 
+  let slice = performance.now();
   let carry = null; // pieces of a row that spans CopyData messages
   let carryBytes = 0;
   let pos = from;
@@ -226,6 +229,10 @@ function convertStream(data, from, convs, out) {
       if (out.pos - msgAt >= CHUNK) {
         closeMessage();
         openMessage();
+        if (performance.now() - slice > SLICE_MS) {
+          await new Promise(setImmediate);
+          slice = performance.now();
+        }
       }
     }
     pos = z;
@@ -284,9 +291,9 @@ export async function convertCopy(sched, s, data, ctx) {
 
   const started = performance.now();
   const query = P.query(stmt.binarySql);
-  const out = new Out(query.length + Math.max(64 * 1024, Math.ceil((data.length - qlen) * 0.6)));
+  const out = new Out(query.length + Math.max(64 * 1024, Math.ceil((data.length - qlen) * 0.4)));
   out.bytes(query, 0, query.length);
-  const rows = convertStream(data, qlen + 1, plan.convs, out);
+  const rows = await convertStream(data, qlen + 1, plan.convs, out);
   if (rows.failure) {
     const f = rows.failure;
     return keep(f.row ? `row ${f.row}, column ${plan.names[f.column]}: ${f.what}` : f.what);
