@@ -246,8 +246,10 @@ def test_values_whose_rounding_is_not_certain_stay_text(
 def test_random_vectors_store_the_same_bytes_without_conversion(
     server: Server, template_data_dir: Path, tmp_path: Path, table: str
 ) -> None:
-    """--no-copy-convert: PostgreSQL parses the text; the bytes stored are the same."""
+    """--no-copy-convert: PostgreSQL parses the text; the bytes stored are the same (random vectors,
+    random text with every escape psycopg writes, random float8)."""
     rnd = random.Random(13)
+    chars = "aZ 0é漢🙂\t\n\r\\\b\f\v\"'N.,[]{}"
 
     def element() -> str:
         x = rnd.uniform(-2, 2) * 10 ** rnd.randint(-6, 6)
@@ -258,9 +260,23 @@ def test_random_vectors_store_the_same_bytes_without_conversion(
             return f"{x:.{rnd.randint(1, 12)}g}"
         return repr(x)  # doubles, 17 significant digits
 
-    rows = [(i, "[" + ",".join(element() for _ in range(384)) + "]") for i in range(200)]
-    ddl = f"CREATE TABLE {table} (id int, v vector(384))"
-    read = f"SELECT id, encode(vector_send(v), 'hex') FROM {table} ORDER BY id"
+    def note() -> str | None:
+        return None if rnd.random() < 0.1 else "".join(rnd.choices(chars, k=rnd.randint(0, 40)))
+
+    rows = [
+        (
+            i,
+            "[" + ",".join(element() for _ in range(384)) + "]",
+            note(),
+            repr(rnd.uniform(-1e9, 1e9)),
+        )
+        for i in range(200)
+    ]
+    ddl = f"CREATE TABLE {table} (id int, v vector(384), note text, x float8)"
+    read = (
+        f"SELECT id, encode(vector_send(v), 'hex'), note, encode(float8send(x), 'hex')"
+        f" FROM {table} ORDER BY id"
+    )
     with server.connect() as c:
         c.execute(ddl)
     log = server.copy(f"COPY {table} FROM STDIN", rows)
