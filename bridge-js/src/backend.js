@@ -149,15 +149,16 @@ export class Backend extends EventEmitter {
     try {
       const r = await channel.call(OP_EXEC_MANY, encodeMany(segments));
       this.execs += 1;
-      const source = r.ok ? r.data : channel.resp; // a stopped worker's answers are still in shared memory
+      // a stopped worker's answers are still in shared memory: copied out; else the answer is ours already
       const outs = [];
-      for (let i = 0; i < marks.done(); i++) {
+      for (let i = 0, n = marks.done(); i < n; i++) {
         const [start, end] = marks.range(i);
-        outs.push(Buffer.from(source.subarray(start, end)));
+        outs.push(r.ok ? r.data.subarray(start, end) : Buffer.from(channel.resp.subarray(start, end)));
       }
       const failure = marks.failure();
       if (r.ok && !failure) return { outs, error: null };
       if (channel === this.channel) this.ready = false;
+      const source = r.ok ? r.data : channel.resp;
       const text = failure ? Buffer.from(source.subarray(failure[0], failure[1])).toString('utf8') : 'PGlite worker stopped';
       return { outs, error: new BackendError(text) };
     } finally {

@@ -36,6 +36,18 @@ function selfContained(text) {
   return !/set_config/i.test(t);
 }
 
+/** Whether a Query's or a Parse's statement text can run in a batch (cached in the message's memo). */
+function aloneText(m, memo) {
+  const buf = m.buf;
+  if (m.type === QUERY) {
+    const sql = buf.toString('utf8', 5, buf.length - 1);
+    return !mayIntercept(sql) && selfContained(sql);
+  }
+  const f = P.parseNameAt(buf, 5);
+  memo.unnamedParse = f.name === '';
+  return selfContained(buf.toString('utf8', f.end + 1, buf.indexOf(0, f.end + 1)));
+}
+
 function sameSettings(a, b) {
   if (a.size !== b.size) return false;
   for (const [k, v] of a) if (b.get(k) !== v) return false;
@@ -63,25 +75,27 @@ export class Batching {
     let bytes = 0;
     let unnamedParsed = false;
     for (const m of msgs) {
-      if (!ALONE_TYPES.has(m.type)) return false;
+      const type = m.type;
+      if (!ALONE_TYPES.has(type)) return false;
       bytes += m.buf.length;
       if (bytes > MAX_REQUEST_BYTES) return false;
-      if (m.type === QUERY) {
-        const sql = m.buf.toString('utf8', 5, m.buf.length - 1);
-        if (mayIntercept(sql) || !selfContained(sql)) return false;
-      } else if (m.type === PARSE) {
-        const f = P.parseNameAt(m.buf, 5);
-        const end = m.buf.indexOf(0, f.end + 1);
-        if (!selfContained(m.buf.toString('utf8', f.end + 1, end))) return false;
-        if (f.name === '') unnamedParsed = true;
-      } else if (m.type === BIND || (m.type === DESCRIBE && m.buf[5] === 0x53)) {
-        const at = m.type === BIND ? P.parseNameAt(m.buf, 5).end + 1 : 6;
-        const name = P.parseNameAt(m.buf, at).name;
+      if (type === QUERY || type === PARSE) {
+        const memo = P.memoOf(m);
+        if (memo.alone === undefined) memo.alone = aloneText(m, memo);
+        if (!memo.alone) return false;
+        if (memo.unnamedParse) unnamedParsed = true;
+      } else if (type === BIND || (type === DESCRIBE && m.buf[5] === 0x53)) {
+        const name = P.statementOf(m).name;
         if (name === '') {
           if (!unnamedParsed) return false; // someone else's Parse in the batch could replace it
         } else {
           const st = s.statements.get(name);
-          if (!st || st.gen !== gen || !selfContained(st.text)) return false;
+          if (!st || st.gen !== gen) return false;
+          if (st.aloneOf !== st.text) {
+            st.aloneOf = st.text;
+            st.alone = selfContained(st.text);
+          }
+          if (!st.alone) return false;
         }
       }
     }

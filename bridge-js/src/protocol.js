@@ -38,8 +38,9 @@ export class ProtocolError extends Error {
 
 /**
  * Accumulates socket chunks and cuts them into messages. Before the startup packet is done, messages
- * have no type byte (`startup` mode). Each message is { type, buf } where buf is the whole message
- * including its 5-byte header (type 0 and a 4-byte header for startup packets).
+ * have no type byte (`startup` mode). Each message is { type, buf, sql, memo } where buf is the whole
+ * message including its 5-byte header (type 0 and a 4-byte header for startup packets); sql (a Query's
+ * text) and memo (batch.js) are filled in later, declared here so every message has one shape.
  */
 export class FrameReader {
   constructor(maxMessage = MAX_MESSAGE_LEN) {
@@ -87,7 +88,7 @@ export class FrameReader {
       const len = this.head(4).readInt32BE(0);
       if (len < 8 || len > MAX_STARTUP_PACKET) throw new ProtocolError(`invalid length of startup packet (${len})`);
       if (this.total < len) return null;
-      return { type: 0, buf: this.take(len) };
+      return { type: 0, buf: this.take(len), sql: undefined, memo: null };
     }
     if (this.total < 1) return null;
     const type = this.head(1)[0];
@@ -99,7 +100,7 @@ export class FrameReader {
       throw new ProtocolError(`invalid message length ${len} for message type "${String.fromCharCode(type)}"`);
     }
     if (this.total < len + 1) return null;
-    return { type, buf: this.take(len + 1) };
+    return { type, buf: this.take(len + 1), sql: undefined, memo: null };
   }
 
   /** Bytes received and not yet cut into messages. */
@@ -218,26 +219,42 @@ export function parseNameAt(buf, pos) {
   return { name: buf.toString('utf8', pos, end), start: pos, end };
 }
 
+/** A message's cache (batch.js, statements.js), valid while its buf is the same. */
+export function memoOf(m) {
+  let memo = m.memo;
+  if (!memo || memo.buf !== m.buf) memo = m.memo = { buf: m.buf, ref: null, alone: undefined, unnamedParse: false };
+  return memo;
+}
+
+/** The statement name of a Bind, or of a Describe/Close of a statement: { name, start, end }, cached. */
+export function statementOf(m) {
+  const memo = memoOf(m);
+  if (memo.ref === null) memo.ref = parseNameAt(m.buf, m.type === 0x42 ? m.buf.indexOf(0, 5) + 1 : 6);
+  return memo.ref;
+}
+
 /** Check the NUL-terminated name fields of Parse/Bind/Describe/Close (what the front end rewrites). */
 export function checkNames(m) {
   const buf = m.buf;
   switch (m.type) {
     case 0x50: // Parse: name, query
-    case 0x42: // Bind: portal, statement
-      parseNameAt(buf, parseNameAt(buf, 5).end + 1);
+    case 0x42: { // Bind: portal, statement
+      const first = buf.indexOf(0, 5);
+      if (first < 0 || buf.indexOf(0, first + 1) < 0) throw new ProtocolError('invalid string in message');
       break;
+    }
     case 0x44: // Describe, Close: kind, name
     case 0x43:
       if (buf.length < 7 || (buf[5] !== 0x53 && buf[5] !== 0x50)) throw new ProtocolError(`invalid ${m.type === 0x44 ? 'DESCRIBE' : 'CLOSE'} message subtype ${buf[5]}`);
-      parseNameAt(buf, 6);
+      if (buf.indexOf(0, 6) < 0) throw new ProtocolError('invalid string in message');
       break;
     default:
   }
 }
 
-/** Replace the byte range [start, end) of a message with `name` and fix the length header. */
+/** Replace the byte range [start, end) of a message with `name` (a string or its bytes) and fix the length header. */
 export function replaceRange(buf, start, end, name) {
-  const rep = Buffer.from(name, 'utf8');
+  const rep = typeof name === 'string' ? Buffer.from(name, 'utf8') : name;
   const out = Buffer.allocUnsafe(buf.length - (end - start) + rep.length);
   buf.copy(out, 0, 0, start);
   rep.copy(out, start);

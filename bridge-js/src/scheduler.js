@@ -62,6 +62,7 @@ export class Scheduler {
     this.log = server.log;
     this.opts = server.opts;
     this.queue = [];
+    this.queueTimer = null; // armQueueTimer()
     this.holder = null;
     this.running = false;
     this.runningSince = 0;
@@ -89,8 +90,8 @@ export class Scheduler {
     if (this.holder === s || s.queued || s.cleanedUp) return;
     s.queued = true;
     s.queuedSince = Date.now();
-    if (!s.closed) s.queueTimer = s.timer(this.opts.queueTimeoutMs, () => this.queueTimeout(s));
     this.queue.push(s);
+    if (!this.queueTimer) this.armQueueTimer();
     const h = this.holder;
     if (h && !h.isJob && h.txStatus === 'T') h.wake(); // an idle holder in a transaction may park now
     this.pump();
@@ -132,7 +133,6 @@ export class Scheduler {
         return;
       }
       s.queued = false;
-      s.clearTimer(s.queueTimer);
       if (s.cleanedUp) continue;
       this.holder = s;
       s.heldSince = Date.now();
@@ -145,7 +145,25 @@ export class Scheduler {
     const i = this.queue.indexOf(s);
     if (i >= 0) this.queue.splice(i, 1);
     s.queued = false;
-    s.clearTimer(s.queueTimer);
+  }
+
+  /**
+   * One timer for the whole queue rather than one per request: it fires when the longest waiting client's
+   * --queue-timeout-ms is up, times out whoever waited that long, and is set again for the next one.
+   */
+  armQueueTimer() {
+    const ms = this.opts.queueTimeoutMs;
+    if (!(ms > 0)) return;
+    let oldest = Infinity;
+    for (const q of this.queue) if (!q.isJob && !q.closed && q.queuedSince < oldest) oldest = q.queuedSince;
+    if (oldest === Infinity) return;
+    this.queueTimer = setTimeout(() => {
+      this.queueTimer = null;
+      const now = Date.now();
+      for (const q of this.queue.slice()) if (!q.isJob && !q.closed && now - q.queuedSince >= ms) this.queueTimeout(q);
+      if (!this.queueTimer) this.armQueueTimer();
+    }, Math.max(1, oldest + ms - Date.now()));
+    this.queueTimer.unref();
   }
 
   /** Input arrived for a client that is not running: answer it without a turn if possible, else queue it. */
@@ -287,8 +305,13 @@ export class Scheduler {
     return max;
   }
 
-  newContext(over = {}) {
-    return { pre: [], parsed: new Set(), unnamed: null, boundaries: 0, listens: [], unlistens: [], extended: false, statementOnly: true, wiped: null, ...over };
+  /** What running one client's messages needs to know about them (every field declared: one shape). */
+  newContext(over = null) {
+    const ctx = {
+      pre: [], parsed: null, unnamed: null, boundaries: 0, listens: [], unlistens: [], extended: false, statementOnly: true,
+      wiped: null, flush: false, open: false, resume: null, hideBegin: false, refused: null,
+    };
+    return over ? Object.assign(ctx, over) : ctx;
   }
 
   /** Run the next piece of the holder's input. Returns false when there is nothing to run. */
@@ -477,6 +500,7 @@ export class Scheduler {
       } else if (type === COMPLETE) {
         this.server.stats.queries += 1;
         const c = out[start + 5];
+        if (c === 0x53 && out[start + 6] === 0x45 && out[start + 7] === 0x4c) return; // SELECT n: nothing to note
         if (c === 0x53 /* S */ || c === 0x52 /* R */ || c === 0x44 /* D */ || c === 0x4c /* L */ || c === 0x55 /* U */ || c === 0x4e /* N */) {
           const [tag] = P.readCString(out, start + 5);
           const taint = TAINTS.get(tag);

@@ -52,6 +52,7 @@ export class Session {
     this.txTaint = null; // something in the open transaction that a ROLLBACK would undo (see parking.js)
     this.startupUnverified = false; // answered before its startup settings reached the backend
     this.lastStatement = '';
+    this.lastCalls = 0; // 1: lastStatement calls pg_notify(), 2: set_config() (noteStatement)
     this.lastStatementAt = 0;
     this.idleWarned = false;
     this.lastGap = null; // ms between its last answer and its next message inside a transaction
@@ -80,12 +81,16 @@ export class Session {
 
   /** The statement it ran last (for operators: who holds the database, doing what). */
   noteStatement(text) {
-    this.lastStatement = text;
+    // set_config() and pg_notify() inside an open transaction: a ROLLBACK would undo them. A prepared
+    // statement runs the same text again and again: the text is looked at once.
+    if (text !== this.lastStatement) {
+      this.lastStatement = text;
+      this.lastCalls = text.length < 65536 && /set_config|pg_notify/i.test(text) ? (/set_config/i.test(text) ? 2 : 1) : 0;
+    }
     this.lastStatementAt = Date.now();
-    // set_config() and pg_notify() inside an open transaction: a ROLLBACK would undo them
-    if (text.length < 65536 && /set_config|pg_notify/i.test(text)) {
+    if (this.lastCalls) {
       this.txTaint ??= 'it called set_config() or pg_notify()';
-      if (/set_config/i.test(text)) this.settingsDirty = true; // read back after it ran (settings.js)
+      if (this.lastCalls === 2) this.settingsDirty = true; // read back after it ran (settings.js)
     }
   }
 
@@ -398,7 +403,9 @@ export class Session {
   statementFor(name) {
     let st = this.statements.get(name);
     if (!st) {
-      st = { bname: `__hb${nextStatementId++}`, parse: null, gen: 0 };
+      const bname = `__hb${nextStatementId++}`;
+      // one shape for every statement (batch.js caches whether its text can run in a batch: alone/aloneOf)
+      st = { bname, bnameBytes: Buffer.from(bname, 'utf8'), parse: null, gen: 0, listen: null, unlistens: null, text: undefined, alone: false, aloneOf: undefined };
       this.statements.set(name, st);
     }
     return st;

@@ -60,22 +60,20 @@ export class StatementNames {
           return buf;
         }
         const st = s.statementFor(f.name);
-        st.parse = P.replaceRange(buf, f.start, f.end, st.bname);
+        st.parse = P.replaceRange(buf, f.start, f.end, st.bnameBytes);
         st.gen = gen;
         st.listen = listen;
         st.unlistens = unlistens;
         st.text = text;
-        ctx.parsed.add(f.name);
+        (ctx.parsed ??= new Set()).add(f.name);
         return st.parse;
       }
-      case BIND: {
+      case BIND:
         ctx.extended = true;
-        const portal = P.parseNameAt(buf, 5);
-        return this.statementRef(s, buf, P.parseNameAt(buf, portal.end + 1), ctx, gen, true);
-      }
+        return this.statementRef(s, buf, P.statementOf(m), ctx, gen, true);
       case DESCRIBE:
         ctx.extended = true;
-        if (buf[5] === 0x53 /* S */) return this.statementRef(s, buf, P.parseNameAt(buf, 6), ctx, gen, false);
+        if (buf[5] === 0x53 /* S */) return this.statementRef(s, buf, P.statementOf(m), ctx, gen, false);
         return buf;
       case CLOSE: {
         ctx.extended = true;
@@ -114,12 +112,12 @@ export class StatementNames {
     if (bind && st.text !== undefined) s.noteStatement(st.text);
     if (st.listen) ctx.listens.push(st.listen);
     if (st.unlistens) ctx.unlistens.push(...st.unlistens);
-    if (st.gen !== gen && !ctx.parsed.has(f.name)) {
+    if (st.gen !== gen && !ctx.parsed?.has(f.name)) {
       ctx.pre.push(st.parse); // the backend lost it (restarted): prepare it again first
       st.gen = gen;
-      ctx.parsed.add(f.name);
+      (ctx.parsed ??= new Set()).add(f.name);
     }
-    return P.replaceRange(buf, f.start, f.end, st.bname);
+    return P.replaceRange(buf, f.start, f.end, st.bnameBytes);
   }
 
   /**
@@ -158,7 +156,7 @@ export class StatementNames {
       }
       const buf = msgs[i].buf;
       const st = s.statementFor(f.name);
-      st.parse = P.replaceRange(buf, f.start, f.end, st.bname);
+      st.parse = P.replaceRange(buf, f.start, f.end, st.bnameBytes);
       st.gen = 0; // not on the backend yet
       const sqlEnd = buf.indexOf(0, f.end + 1);
       st.listen = listenOf(buf, f.end, sqlEnd);
