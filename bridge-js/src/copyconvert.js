@@ -85,7 +85,7 @@ function planColumns(rows, listed) {
   if (!rows.length) return { reason: 'the table was not found' };
   const [relkind, clientEnc, serverEnc] = rows[0];
   if (relkind !== 'r' && relkind !== 'p') return { reason: `it is not a table (relkind ${relkind})` };
-  if (clientEnc !== 'UTF8' || serverEnc !== 'UTF8') return { reason: `client_encoding is ${clientEnc}` };
+  if (clientEnc !== 'UTF8' || serverEnc !== 'UTF8') return { reason: `client_encoding ${clientEnc}, server_encoding ${serverEnc}` };
   const attrs = rows.filter((r) => r[3] !== null).map((r) => ({ name: r[3], oid: Number(r[4]), typname: r[5], recv: r[6], generated: r[7] === 'true' }));
   let cols;
   if (listed) {
