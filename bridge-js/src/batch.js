@@ -154,56 +154,75 @@ export class Batching {
     const { outs, error } = result;
     const failedAt = error ? outs.length : -1;
     const interruption = sched.interrupts.interruption;
-    items.forEach((it, i) => {
-      const { s, ctx } = it;
-      s.inBatch = false;
-      if (it.skipped) {
-        this.answerError(it, '57014', 'canceling statement due to user request');
-      } else if (i < outs.length) {
-        if (!s.closed) sched.deliver(s, outs[i], ctx, false);
-        if (ctx.unnamed === 'mine') {
-          sched.unnamedOwner = s;
-          sched.unnamedGen = gen;
-        } else if (ctx.unnamed === 'gone') sched.unnamedOwner = null;
-      } else if (i === failedAt) {
-        if (interruption && interruption.session === s) {
-          sched.interrupts.interruption = null;
-          this.answerError(it, interruption.code, interruption.message);
-        } else if (sched.draining) {
-          s.fatal('57P01', 'terminating connection due to administrator command');
-        } else {
-          const why = String(error && error.message).split('\n')[0];
-          sched.log.error(`client ${s.id}: the database engine failed in a batch: ${why}`);
-          s.fatal('XX000', `the database engine failed while running this connection's request: ${why}`);
-        }
-      } else {
-        // never ran: its messages go back, unchanged, to run again
-        s.inbox.unshift(...it.msgs);
-        for (const m of it.msgs) s.inboxBytes += m.buf.length;
-        this.stats.rerun += 1;
-      }
-    });
-    if (error && !sched.draining) {
-      if (!sched.restarting) sched.restarting = sched.backend.restart('the engine failed in a batch');
-      await sched.interrupts.awaitRestart().catch(() => {});
-    }
-    sched.holder = null;
-    // Not expected (see eligible()), but never let others run inside a transaction a request left open:
-    // that client keeps the backend, as after any turn of its own.
-    const open = error ? null : items.find((it) => !it.s.closed && it.s.txStatus !== 'I');
+    // The replies are written once the next hop is under way (see the end): the worker runs the next batch
+    // while this thread makes the system calls. Corked, a socket keeps every write in order until uncork(),
+    // whoever makes it (a turn the pump starts, a FATAL); end() writes what it kept first.
+    const corked = [];
     for (const it of items) {
-      const s = it.s;
-      if (s.closed && !s.cleanedUp) sched.janitor.closed(s);
-      else if (s.inbox.length && !s.closed && s !== open?.s) sched.want(s);
+      if (!it.s.closed) {
+        it.s.socket.cork();
+        corked.push(it.s.socket);
+      }
     }
-    if (open) {
-      sched.log.warn(`client ${open.s.id}: a batched request left a transaction open; it keeps the backend`);
-      sched.holder = open.s;
-      open.s.heldSince = Date.now();
-      sched.turn(open.s);
-      return;
+    const uncork = () => {
+      for (const sock of corked) sock.uncork();
+      corked.length = 0;
+    };
+    try {
+      items.forEach((it, i) => {
+        const { s, ctx } = it;
+        s.inBatch = false;
+        if (it.skipped) {
+          this.answerError(it, '57014', 'canceling statement due to user request');
+        } else if (i < outs.length) {
+          if (!s.closed) sched.deliver(s, outs[i], ctx, false);
+          if (ctx.unnamed === 'mine') {
+            sched.unnamedOwner = s;
+            sched.unnamedGen = gen;
+          } else if (ctx.unnamed === 'gone') sched.unnamedOwner = null;
+        } else if (i === failedAt) {
+          if (interruption && interruption.session === s) {
+            sched.interrupts.interruption = null;
+            this.answerError(it, interruption.code, interruption.message);
+          } else if (sched.draining) {
+            s.fatal('57P01', 'terminating connection due to administrator command');
+          } else {
+            const why = String(error && error.message).split('\n')[0];
+            sched.log.error(`client ${s.id}: the database engine failed in a batch: ${why}`);
+            s.fatal('XX000', `the database engine failed while running this connection's request: ${why}`);
+          }
+        } else {
+          // never ran: its messages go back, unchanged, to run again
+          s.inbox.unshift(...it.msgs);
+          for (const m of it.msgs) s.inboxBytes += m.buf.length;
+          this.stats.rerun += 1;
+        }
+      });
+      if (error && !sched.draining) {
+        uncork(); // not held while the engine restarts
+        if (!sched.restarting) sched.restarting = sched.backend.restart('the engine failed in a batch');
+        await sched.interrupts.awaitRestart().catch(() => {});
+      }
+      sched.holder = null;
+      // Not expected (see eligible()), but never let others run inside a transaction a request left open:
+      // that client keeps the backend, as after any turn of its own.
+      const open = error ? null : items.find((it) => !it.s.closed && it.s.txStatus !== 'I');
+      for (const it of items) {
+        const s = it.s;
+        if (s.closed && !s.cleanedUp) sched.janitor.closed(s);
+        else if (s.inbox.length && !s.closed && s !== open?.s) sched.want(s);
+      }
+      if (open) {
+        sched.log.warn(`client ${open.s.id}: a batched request left a transaction open; it keeps the backend`);
+        sched.holder = open.s;
+        open.s.heldSince = Date.now();
+        sched.turn(open.s);
+        return;
+      }
+      sched.pump(); // the next hop starts here, synchronously (Channel.call hands it to the worker)...
+    } finally {
+      uncork(); // ...and these replies go out while it runs (and, whatever happened, nothing stays corked)
     }
-    sched.pump();
   }
 
   /** One error and ReadyForQuery for each Sync/Query of a request that did not run to its end. */

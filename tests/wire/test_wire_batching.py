@@ -7,6 +7,8 @@ with 57014 (skipped before it started, or stopped while it ran), and every other
 
 from __future__ import annotations
 
+import random
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors
-from wire_support import WireServer, wait_until
+from wire_support import RawConn, WireServer, message, query_message, split_messages, wait_until
 
 CLIENTS = 6
 
@@ -100,3 +102,57 @@ def test_cancel_inside_a_batch(
             holder.close()
             for c in conns:
                 c.close()
+
+
+def test_pipelining_clients_get_their_own_answers_in_order(server: WireServer) -> None:
+    """Replies of one hop are written while the next hop runs (batch.js): a client whose next request is
+    already in that next hop still reads every answer in the order it asked, and a Terminate right behind
+    a request still gets that request's answer first."""
+    rounds = 60
+    before = activity(server)["batching"]["batched_requests"]
+    errors_seen: list[str] = []
+
+    def client(k: int) -> None:
+        try:
+            talk(k)
+        except Exception as exc:  # a thread's exception would otherwise be lost
+            errors_seen.append(f"client {k}: {exc!r}")
+
+    def talk(k: int) -> None:
+        rng = random.Random(k)
+        with RawConn(server.port, timeout=60) as c:
+            c.start()
+            expected: list[str] = []
+            got: list[str] = []
+            for r in range(rounds):
+                # 1-3 requests in one write, and sometimes one more sent before reading any answer
+                burst = [f"SELECT {k * 100000 + r * 10 + i}" for i in range(rng.randint(1, 3))]
+                c.send(b"".join(query_message(q) for q in burst))
+                if rng.random() < 0.5:
+                    burst.append(f"SELECT {k * 100000 + r * 10 + 9}")
+                    c.send(query_message(burst[-1]))
+                expected += [q.split()[1] for q in burst]
+                for _ in burst:
+                    for kind, body in c.read_until_ready():
+                        if kind == b"D":
+                            got.append(body[6:].decode())
+                        elif kind == b"E":
+                            errors_seen.append(body.decode(errors="replace"))
+            last = str(k * 100000 + 99999)
+            c.send(query_message(f"SELECT {last}") + message(b"X"))
+            rows = [
+                body[6:].decode()
+                for kind, body in split_messages(c.read_to_eof(timeout=60))
+                if kind == b"D"
+            ]
+            if got != expected or rows != [last]:
+                errors_seen.append(f"client {k}: answers out of order or missing")
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a client did not get all its answers"
+    assert errors_seen == []
+    assert activity(server)["batching"]["batched_requests"] > before
