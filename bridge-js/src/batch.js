@@ -106,9 +106,10 @@ export class Batching {
   tryRun() {
     const sched = this.sched;
     const q = sched.queue;
-    if (sched.opts.batching === false || !q.length || !this.eligible(q[0])) return false;
+    if (sched.opts.batching === false || q.length < 2 || !this.eligible(q[0])) return false;
     const picked = [];
     for (let i = 0; i < q.length && picked.length < MAX_BATCH; i++) if (this.eligible(q[i])) picked.push(q[i]);
+    if (picked.length < 2) return false;
     for (const s of picked) sched.unqueue(s);
     this.run(picked);
     return true;
@@ -119,8 +120,7 @@ export class Batching {
     const gen = sched.backend.generation;
     const now = Date.now();
     const batch = { isJob: true, isBatch: true, name: `batch of ${sessions.length} requests`, heldSince: now, describe: () => `a batch of ${sessions.length} requests` };
-    // a batch of one is that client's turn as far as anyone can see (/stats, `hive-bridge clients`)
-    sched.holder = sessions.length === 1 ? sessions[0] : batch;
+    sched.holder = batch;
     const items = sessions.map((s) => {
       s.inBatch = true;
       s.heldSince = now;
