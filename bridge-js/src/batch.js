@@ -107,8 +107,8 @@ export class Batching {
     const sched = this.sched;
     const q = sched.queue;
     if (sched.opts.batching === false || q.length < 2 || !this.eligible(q[0])) return false;
-    const picked = [];
-    for (let i = 0; i < q.length && picked.length < MAX_BATCH; i++) if (this.eligible(q[i])) picked.push(q[i]);
+    const picked = [q[0]];
+    for (let i = 1; i < q.length && picked.length < MAX_BATCH; i++) if (this.eligible(q[i])) picked.push(q[i]);
     if (picked.length < 2) return false;
     for (const s of picked) sched.unqueue(s);
     this.run(picked);
@@ -134,7 +134,7 @@ export class Batching {
         }
         return sched.statements.rewrite(s, m, ctx, gen, sql);
       });
-      return { s, msgs, ctx, bytes: parts.length === 1 ? parts[0] : Buffer.concat(parts), skipped: false };
+      return { s, msgs, ctx, parts, skipped: false };
     });
     this.current = { items };
     this.stats.batches += 1;
@@ -143,7 +143,7 @@ export class Batching {
     sched.running = true;
     sched.runningSince = now;
     try {
-      result = await sched.backend.execMany(items.map((it) => it.bytes));
+      result = await sched.backend.execMany(items.map((it) => it.parts));
     } catch (err) {
       result = { outs: [], error: err };
     } finally {

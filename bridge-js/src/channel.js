@@ -102,7 +102,7 @@ export class Channel {
 
   // ---- main thread side -------------------------------------------------------------------------
 
-  /** Send one request; resolves to {ok, data} once the worker answered. */
+  /** Send one request (bytes, or { length, writeInto(dst) }); resolves to {ok, data} once the worker answered. */
   async call(op, bytes) {
     while (this.inFlight) await this.inFlight.catch(() => {});
     const done = this.roundTrip(op, bytes);
@@ -121,7 +121,8 @@ export class Channel {
     const len = bytes ? bytes.length : 0;
     if (len) {
       growTo(this.shared.req, len);
-      this.req.set(bytes, 0);
+      if (bytes.writeInto) bytes.writeInto(this.req); // multi.js encodeMany(): written in place
+      else this.req.set(bytes, 0);
     }
     ctrl[OP] = op;
     ctrl[REQ_LEN] = len;

@@ -18,18 +18,43 @@ const CLAIM = 4; // CLAIM + i: 0 free, 1 skipped by the main thread, 2 taken by 
 const OFFSET = CLAIM + MAX_MANY; // OFFSET + i: where request i's output starts; OFFSET + count: the end
 const SIZE = OFFSET + MAX_MANY + 1;
 
+/**
+ * The request for segments (each an array of message buffers), written straight into the channel's
+ * request buffer by Channel.call: { length, writeInto(dst) }, no intermediate copy.
+ */
 export function encodeMany(segments) {
   let total = 4;
-  for (const s of segments) total += 4 + s.length;
-  const out = Buffer.allocUnsafe(total);
-  out.writeUInt32BE(segments.length, 0);
-  let pos = 4;
-  for (const s of segments) {
-    out.writeUInt32BE(s.length, pos);
-    s.copy(out, pos + 4);
-    pos += 4 + s.length;
+  for (const parts of segments) {
+    total += 4;
+    for (const p of parts) total += p.length;
   }
-  return out;
+  return {
+    length: total,
+    writeInto(dst) {
+      putU32(dst, 0, segments.length);
+      let pos = 4;
+      for (const parts of segments) {
+        const at = pos;
+        pos += 4;
+        for (const p of parts) {
+          dst.set(p, pos);
+          pos += p.length;
+        }
+        putU32(dst, at, pos - at - 4);
+      }
+    },
+  };
+}
+
+function putU32(dst, at, n) {
+  dst[at] = n >>> 24;
+  dst[at + 1] = (n >>> 16) & 0xff;
+  dst[at + 2] = (n >>> 8) & 0xff;
+  dst[at + 3] = n & 0xff;
+}
+
+function getU32(src, at) {
+  return ((src[at] << 24) | (src[at + 1] << 16) | (src[at + 2] << 8) | src[at + 3]) >>> 0;
 }
 
 export class Marks {
@@ -98,11 +123,10 @@ function lastStatus(out, end) {
  */
 export function runMany(channel, marks, exec, outLen) {
   const req = channel.request();
-  const view = new DataView(req.buffer, req.byteOffset, req.byteLength);
-  const count = view.getUint32(0);
+  const count = getU32(req, 0);
   let pos = 4;
   for (let i = 0; i < count; i++) {
-    const len = view.getUint32(pos);
+    const len = getU32(req, pos);
     pos += 4;
     if (marks.claim(i)) {
       try {
@@ -152,8 +176,7 @@ function firstValue(out, from, to) {
  */
 export function runIf(channel, exec, outLen) {
   const req = channel.request();
-  const view = new DataView(req.buffer, req.byteOffset, req.byteLength);
-  const n = view.getUint32(0);
+  const n = getU32(req, 0);
   exec(req.subarray(4, 4 + n));
   if (firstValue(channel.resp, 0, outLen()) === '') exec(req.subarray(4 + n));
   return outLen();
