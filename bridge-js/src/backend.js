@@ -135,8 +135,8 @@ export class Backend extends EventEmitter {
   }
 
   /**
-   * Run several requests in one hop (batch.js, multi.js); each segment is one request's message buffers,
-   * written into the channel as they are. Resolves to { outs, error }: the output of each
+   * Run several requests in one hop (batch.js, multi.js); each segment is one request's message buffers.
+   * Resolves to { outs, error }: the output of each
    * request that finished, in order, and a BackendError if PGlite failed or the worker was stopped before
    * the last one finished (the requests after outs.length did not complete).
    */

@@ -102,7 +102,7 @@ export class Channel {
 
   // ---- main thread side -------------------------------------------------------------------------
 
-  /** Send one request (bytes, or { length, writeInto(dst) }); resolves to {ok, data} once the worker answered. */
+  /** Send one request; resolves to {ok, data} once the worker answered. */
   async call(op, bytes) {
     while (this.inFlight) await this.inFlight.catch(() => {});
     const done = this.roundTrip(op, bytes);
@@ -121,8 +121,7 @@ export class Channel {
     const len = bytes ? bytes.length : 0;
     if (len) {
       growTo(this.shared.req, len);
-      if (bytes.writeInto) bytes.writeInto(this.req); // multi.js encodeMany(): written in place
-      else this.req.set(bytes, 0);
+      this.req.set(bytes, 0);
     }
     ctrl[OP] = op;
     ctrl[REQ_LEN] = len;
@@ -218,7 +217,10 @@ export class Channel {
   }
 
   request() {
-    return this.req.subarray(0, this.ctrl[REQ_LEN]);
+    const n = this.ctrl[REQ_LEN];
+    // A small request is copied out: every view of a growable SharedArrayBuffer takes V8's slow paths, and
+    // PGlite takes one per read of it. A large one (a COPY) is not copied again.
+    return n <= 65536 ? this.req.slice(0, n) : this.req.subarray(0, n);
   }
 
   /** Append a chunk of output at offset `off`; returns the new length. */
