@@ -217,10 +217,7 @@ export class Channel {
   }
 
   request() {
-    const n = this.ctrl[REQ_LEN];
-    // A small request is copied out: every view of a growable SharedArrayBuffer takes V8's slow paths, and
-    // PGlite takes one per read of it. A large one (a COPY) is not copied again.
-    return n <= 65536 ? this.req.slice(0, n) : this.req.subarray(0, n);
+    return this.req.subarray(0, this.ctrl[REQ_LEN]);
   }
 
   /** Append a chunk of output at offset `off`; returns the new length. */
