@@ -68,7 +68,6 @@ def _python_deps() -> str:
         ("asyncpg", "asyncpg"),
         ("psycopg", "psycopg[binary]"),
         ("httpx", "httpx"),
-        ("tenacity", "tenacity"),
     ):
         try:
             importlib.import_module(module)

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import tenacity
-
 from .config import BridgeSettings
 from .errors import BridgeStartError, PortInUseError, display_path
 from .paths import RunPaths
@@ -123,12 +121,11 @@ class ServerTarget:
 
 
 def backoff_delay(failures: int, options: SupervisorOptions) -> float:
-    wait = tenacity.wait_exponential(
-        multiplier=options.backoff_min, min=options.backoff_min, max=options.backoff_max
+    """Exponential backoff: ``backoff_min`` after the first failure, doubling, at most ``backoff_max``."""
+    exponent = min(max(1, failures) - 1, 64)  # 2**64 s is past any maximum; no float overflow
+    return float(
+        min(options.backoff_max, max(options.backoff_min, options.backoff_min * 2**exponent))
     )
-    state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
-    state.attempt_number = max(1, failures)
-    return float(wait(state))
 
 
 def describe_exit(status: int) -> str:
