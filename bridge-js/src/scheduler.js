@@ -93,7 +93,7 @@ export class Scheduler {
     this.queue.push(s);
     if (!this.queueTimer) this.armQueueTimer();
     const h = this.holder;
-    if (h && !h.isJob && h.txStatus === 'T') h.wake(); // an idle holder in a transaction may park now
+    if (h && !h.isJob && h.txStatus !== 'I') h.wake(); // an idle holder in a transaction may park now (or say why not)
     this.pump();
   }
 
@@ -106,7 +106,7 @@ export class Scheduler {
       const job = { isJob: true, name, fn, resolve, reject, txStatus: 'I', queued: true, queuedSince: Date.now(), describe: () => `the ${name} job` };
       this.queue.push(job);
       const h = this.holder;
-      if (h && !h.isJob && h.txStatus === 'T') h.wake();
+      if (h && !h.isJob && h.txStatus !== 'I') h.wake();
       this.pump();
     });
   }
