@@ -23,26 +23,9 @@ const TEXT_LIKE = new Set([OID.text, OID.varchar, OID.bpchar, OID.json]);
 /** The field converter for a column ({ oid, typname, recv }), or null: that type keeps the COPY text. */
 export function converterFor(a) {
   if (TEXT_LIKE.has(a.oid)) return textField;
-  switch (a.oid) {
-    case OID.jsonb:
-      return jsonbField;
-    case OID.int2:
-      return int2Field;
-    case OID.int4:
-      return int4Field;
-    case OID.int8:
-      return int8Field;
-    case OID.float4:
-      return float4Field;
-    case OID.float8:
-      return float8Field;
-    case OID.bool:
-      return boolField;
-    case OID.uuid:
-      return uuidField;
-    default:
-      return a.typname === 'vector' && a.recv === 'vector_recv' ? vectorField : null;
-  }
+  const conv = BY_OID.get(a.oid);
+  if (conv) return conv;
+  return a.typname === 'vector' && a.recv === 'vector_recv' ? vectorField : null;
 }
 
 // ---- the fields: each writes its binary form (length word included) and returns true, or returns
@@ -105,25 +88,21 @@ function intOf(b, p, q, flags, min, max) {
   return n >= min && n <= max ? n : undefined;
 }
 
-function int2Field(b, p, q, flags, out) {
-  const n = intOf(b, p, q, flags, -32768, 32767);
-  if (n === undefined) return false;
-  out.ensure(6);
-  out.buf.writeInt32BE(2, out.pos);
-  out.buf.writeInt16BE(n, out.pos + 4);
-  out.pos += 6;
-  return true;
+/** int2 and int4: a length word, then the integer big-endian in `size` bytes. */
+function fixedIntField(size, min, max) {
+  return (b, p, q, flags, out) => {
+    const n = intOf(b, p, q, flags, min, max);
+    if (n === undefined) return false;
+    out.ensure(4 + size);
+    out.buf.writeInt32BE(size, out.pos);
+    out.buf.writeIntBE(n, out.pos + 4, size);
+    out.pos += 4 + size;
+    return true;
+  };
 }
 
-function int4Field(b, p, q, flags, out) {
-  const n = intOf(b, p, q, flags, -2147483648, 2147483647);
-  if (n === undefined) return false;
-  out.ensure(8);
-  out.buf.writeInt32BE(4, out.pos);
-  out.buf.writeInt32BE(n, out.pos + 4);
-  out.pos += 8;
-  return true;
-}
+const int2Field = fixedIntField(2, -32768, 32767);
+const int4Field = fixedIntField(4, -2147483648, 2147483647);
 
 const INT8_MIN = -(2n ** 63n);
 const INT8_MAX = 2n ** 63n - 1n;
@@ -377,3 +356,8 @@ function vectorField(b, p, q, flags, out) {
   return true;
 }
 
+// by type OID (function declarations above are hoisted; this map is built once the module has loaded)
+const BY_OID = new Map([
+  [OID.jsonb, jsonbField], [OID.int2, int2Field], [OID.int4, int4Field], [OID.int8, int8Field],
+  [OID.float4, float4Field], [OID.float8, float8Field], [OID.bool, boolField], [OID.uuid, uuidField],
+]);
