@@ -447,7 +447,9 @@ def test_idle_writer_is_logged_at_warning(start_server: Callable[..., WireServer
         try:
             wait_until(lambda: "cannot give it up" in server.log_text(), timeout=20, what="warning")
         except AssertionError:
-            raise AssertionError(f"no idle-writer warning; server log:\n{server.log_text()}") from None
+            raise AssertionError(
+                f"no idle-writer warning; server log:\n{server.log_text()}"
+            ) from None
         line = next(x for x in server.log_text().splitlines() if "cannot give it up" in x)
         assert "WARN" in line.upper() and "idle-writer" in line, line
         assert "it has written" in line and "INSERT INTO idle_w VALUES (1)" in line, line
