@@ -29,6 +29,7 @@ import * as SQL from './sql.js';
 import { Interrupted } from './interrupt.js';
 import { QUERY, COPY_DATA, COPY_DONE, DATA_ROW, ERROR } from './msgtypes.js';
 import { converterFor, HAS_BACKSLASH, HAS_HIGH } from './copyfields.js';
+import { CopyBuffer } from './copybuf.js';
 
 const CHUNK = 256 * 1024; // CopyData message size of the converted stream
 const SLICE_MS = 50; // longest stretch of conversion without a turn of the event loop
@@ -107,27 +108,6 @@ function planColumns(rows, listed) {
   return { convs, names: cols.map((a) => a.name) };
 }
 
-// ---- the output --------------------------------------------------------------------------------------
-
-class Out {
-  constructor(size) {
-    this.buf = Buffer.allocUnsafe(size);
-    this.pos = 0;
-  }
-
-  ensure(n) {
-    if (this.pos + n <= this.buf.length) return;
-    const grown = Buffer.allocUnsafe(Math.max(this.pos + n, this.buf.length * 2));
-    this.buf.copy(grown, 0, 0, this.pos);
-    this.buf = grown;
-  }
-
-  bytes(src, start, end) {
-    this.ensure(end - start);
-    this.pos += src.copy(this.buf, this.pos, start, end);
-  }
-}
-
 // ---- the rows ----------------------------------------------------------------------------------------
 
 class RowWriter {
@@ -191,7 +171,7 @@ async function convertStream(data, from, convs, out) {
   };
   const closeMessage = () => out.buf.writeInt32BE(out.pos - msgAt - 1, msgAt + 1);
   openMessage();
-  out.bytes(SIGNATURE, 0, SIGNATURE.length);
+  out.append(SIGNATURE);
   out.ensure(8);
   out.buf.fill(0, out.pos, out.pos + 8); // flags, header extension length
   out.pos += 8;
@@ -291,13 +271,12 @@ export async function convertCopy(sched, s, data, ctx) {
 
   const started = performance.now();
   const query = P.query(stmt.binarySql);
-  const out = new Out(query.length + Math.max(64 * 1024, Math.ceil((data.length - qlen) * 0.4)));
-  out.bytes(query, 0, query.length);
+  const out = new CopyBuffer(query, Infinity, query.length + Math.max(64 * 1024, Math.ceil((data.length - qlen) * 0.4)));
   const rows = await convertStream(data, qlen + 1, plan.convs, out);
   if (rows.failure) {
     const f = rows.failure;
     return keep(f.row ? `row ${f.row}, column ${plan.names[f.column]}: ${f.what}` : f.what);
   }
   sched.log.debug(`COPY ${name}: ${rows} rows converted to binary in ${Math.round(performance.now() - started)} ms`);
-  return out.buf.subarray(0, out.pos);
+  return out.take();
 }

@@ -38,7 +38,7 @@ const UNESCAPE = new Map([[0x62, 8], [0x66, 12], [0x6e, 10], [0x72, 13], [0x74, 
 function textBytes(b, p, q, flags, out) {
   if (flags & HAS_HIGH && !isUtf8(b.subarray(p, q))) return false;
   if (!(flags & HAS_BACKSLASH)) {
-    out.bytes(b, p, q);
+    out.append(b, p, q);
     return true;
   }
   out.ensure(q - p);
