@@ -241,8 +241,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 log_path=state.log_path if state is not None else None,
                 fix=f"see: hive-bridge status --data-dir {target.quoted}",
             )
-        # ours reported RUNNING: its state file is being written right now (a few ms)
-        time.sleep(0.005 if ours is not None else 0.05)
+        time.sleep(0.05)
 
 
 def _run_foreground(target: _Target, args: argparse.Namespace, *, print_dsn: bool) -> int:

@@ -184,7 +184,10 @@ class Supervisor:
                 self._cond.wait(0.05)
             state = self._state
         if state is State.RUNNING:
-            return
+            with (
+                self._write_lock
+            ):  # a transition is seen before its state file is written: wait for it
+                return
         error = self._fatal_error
         cancelled = self._stop_requested
         self.stop()
@@ -477,8 +480,14 @@ class Supervisor:
     # ----------------------------------------------------------------------- bookkeeping
 
     def _transition(self, state: State, detail: str | None = None) -> None:
+        # The state file says it before anyone waiting on the state hears of it: whoever sees the new
+        # state (start() returning RUNNING, then `hive-bridge start` reading the file) finds it written.
+        with self._write_lock:
+            with self._cond:
+                old, self._state = self._state, state
+            if state is not State.STOPPED:
+                self._write_state_locked()
         with self._cond:
-            old, self._state = self._state, state
             self._cond.notify_all()
         if state is State.RUNNING:
             log.info("success: %s entered RUNNING state, %s", NAME, detail or "")
@@ -486,8 +495,6 @@ class Supervisor:
             log.debug(
                 "%s: %s -> %s%s", NAME, old.value, state.value, f" ({detail})" if detail else ""
             )
-        if state is not State.STOPPED:
-            self._write_state()
 
     def _snapshot(self) -> BridgeState:
         proc = self._proc
@@ -536,12 +543,15 @@ class Supervisor:
         # one writer at a time, snapshot and write together: a snapshot taken before a stop request
         # must never overwrite the STOPPING that announce_stop() wrote after it
         with self._write_lock:
-            with self._cond:
-                snapshot = self._snapshot()
-            try:
-                write_state(self.target.paths.state, snapshot)
-            except OSError as exc:
-                log.warning("cannot write %s: %s", self.target.paths.state, exc)
+            self._write_state_locked()
+
+    def _write_state_locked(self) -> None:
+        with self._cond:
+            snapshot = self._snapshot()
+        try:
+            write_state(self.target.paths.state, snapshot)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.target.paths.state, exc)
 
     def _forget_inherited_fds(self) -> None:
         proc = self._proc
