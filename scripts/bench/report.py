@@ -292,18 +292,15 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         "binary {a:,.0f} rows/s = {r:.1f}×",
         higher=True,
     )
-    add(
-        "HNSW build ≤ 2.5× PostgreSQL 15",
-        _get(hb, "client", "hnsw_build", "seconds"),
-        _get(w, "postgres", "client", "hnsw_build", "seconds"),
-        2.5,
-        "{a:.1f} s vs {b:.1f} s = {r:.2f}×",
-    )
-    add(
-        "(same, PostgreSQL 15 without parallel maintenance workers)",
-        _get(hb, "client", "hnsw_build", "seconds"),
-        _get(w, "postgres", "client", "hnsw_build_serial", "seconds"),
-        2.5,
-        "{a:.1f} s vs {b:.1f} s = {r:.2f}×",
-    )
+    for label, key in (
+        ("HNSW build ≤ 2.5× PostgreSQL 15", "hnsw_build"),
+        ("(same, PostgreSQL 15 without parallel maintenance workers)", "hnsw_build_serial"),
+    ):
+        add(
+            label,
+            _get(hb, "client", "hnsw_build", "seconds"),
+            _get(w, "postgres", "client", key, "seconds"),
+            2.5,
+            "{a:.1f} s vs {b:.1f} s = {r:.2f}×",
+        )
     return found
